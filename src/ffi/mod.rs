@@ -1,0 +1,27 @@
+//! The only place in cmrm that calls llama.cpp's C API (through `llama-cpp-sys-2`).
+//!
+//! Every `unsafe` block of the crate lives below this module, each with a `SAFETY:` comment.
+//! What it exports is a small safe API: [`Model`], [`Context`] (with an optional graph hook
+//! that sees and edits `l_out-<il>` tensors), [`Mtmd`] (the multimodal projector) and the
+//! llama.cpp log capture used to turn llama.cpp's own messages into clear errors.
+
+mod context;
+mod hook;
+mod log;
+mod model;
+mod mtmd;
+
+pub use context::{Context, ContextParams};
+pub use hook::{GraphHook, HookTensor, SharedHook};
+pub use log::{init_backend, last_errors};
+pub use model::{apply_chat_template, Model};
+pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd};
+
+use std::ffi::CString;
+use std::path::Path;
+
+/// A path as a C string, or an error naming the file when it contains a NUL byte.
+fn c_path(path: &Path) -> anyhow::Result<CString> {
+    CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|_| anyhow::anyhow!("{}: path contains a NUL byte", path.display()))
+}

@@ -1,0 +1,230 @@
+//! A loaded text model (weights + vocabulary) and llama.cpp's built-in chat templates.
+
+use std::ffi::{c_char, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use anyhow::{bail, Context as _, Result};
+use llama_cpp_sys_2 as sys;
+
+use super::{c_path, log::reason};
+
+/// A GGUF text model loaded by llama.cpp.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+}
+
+// SAFETY: a llama_model is immutable after loading and llama.cpp documents it as shareable
+// between contexts on different threads.
+unsafe impl Send for Model {}
+// SAFETY: see `Send`; every method takes `&self` and only reads the model.
+unsafe impl Sync for Model {}
+
+impl Model {
+    /// Loads a GGUF model; `n_gpu_layers` as llama.cpp's `-ngl` (negative = all).
+    pub fn load(path: &Path, n_gpu_layers: i32) -> Result<Self> {
+        let c = c_path(path)?;
+        // SAFETY: plain constructor of a parameter struct.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = n_gpu_layers;
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call; params is valid.
+        let ptr = unsafe { sys::llama_model_load_from_file(c.as_ptr(), params) };
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Self { ptr }),
+            None => bail!(
+                "{}: llama.cpp could not load this model{}",
+                path.display(),
+                reason()
+            ),
+        }
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    fn vocab(&self) -> *const sys::llama_vocab {
+        // SAFETY: the model pointer is valid for `self`'s lifetime; the vocab belongs to it.
+        unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
+    }
+
+    /// Width of the residual stream.
+    pub fn n_embd(&self) -> usize {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_embd(self.ptr.as_ptr()) as usize }
+    }
+
+    /// Width of the model's input embeddings (what a projector must produce).
+    pub fn n_embd_inp(&self) -> usize {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_embd_inp(self.ptr.as_ptr()) as usize }
+    }
+
+    /// Number of transformer blocks.
+    pub fn n_layer(&self) -> usize {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_layer(self.ptr.as_ptr()) as usize }
+    }
+
+    /// Size of the vocabulary (length of a logits row).
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: valid vocab pointer owned by the model.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab()) as usize }
+    }
+
+    /// A short description such as "llama 135M Q4_1".
+    pub fn description(&self) -> String {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: buf is writable for its length; llama.cpp NUL-terminates within it.
+        let n =
+            unsafe { sys::llama_model_desc(self.ptr.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        buf.truncate(n.clamp(0, 255) as usize);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// A string metadata value of the model's GGUF (e.g. `general.name`).
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let key = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: key is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            sys::llama_model_meta_val_str(
+                self.ptr.as_ptr(),
+                key.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        buf.truncate((n as usize).min(buf.len() - 1));
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The chat template stored in the model file, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: valid model; a NULL name asks for the default template.
+        let p = unsafe { sys::llama_model_chat_template(self.ptr.as_ptr(), std::ptr::null()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a non-NULL result is a NUL-terminated string owned by the model.
+        Some(
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
+    /// Tokenizes `text`; `parse_special` turns special-token text into special tokens.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
+        let len = i32::try_from(text.len()).context("text too long to tokenize")?;
+        let mut out = vec![0i32; text.len() + 8];
+        loop {
+            // SAFETY: text is valid for `len` bytes, out is writable for out.len() tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr() as *const c_char,
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            if n == i32::MIN {
+                bail!("tokenization failed (input too long)");
+            }
+            out.resize((-n) as usize, 0);
+        }
+    }
+
+    /// The bytes of one token (may be part of a UTF-8 character).
+    pub fn token_bytes(&self, token: i32) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        loop {
+            // SAFETY: buf is writable for its length; the vocab is valid.
+            let n = unsafe {
+                sys::llama_token_to_piece(
+                    self.vocab(),
+                    token,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    false,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    /// True for end-of-generation tokens (EOS, end-of-turn).
+    pub fn is_eog(&self, token: i32) -> bool {
+        // SAFETY: valid vocab; any token id is accepted.
+        unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_model_load_from_file and is freed once; contexts
+        // borrow the model, so none outlives it.
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Formats `(role, content)` messages with a chat template: a llama.cpp built-in name
+/// (`chatml`, `llama3`, `vicuna`, ...) or a template string. `add_assistant` appends the
+/// assistant prefix.
+pub fn apply_chat_template(
+    template: &str,
+    messages: &[(String, String)],
+    add_assistant: bool,
+) -> Result<String> {
+    let tmpl = CString::new(template).context("chat template contains a NUL byte")?;
+    let owned: Vec<(CString, CString)> = messages
+        .iter()
+        .map(|(r, c)| Ok((CString::new(r.as_str())?, CString::new(c.as_str())?)))
+        .collect::<Result<_, std::ffi::NulError>>()
+        .context("a chat message contains a NUL byte")?;
+    let msgs: Vec<sys::llama_chat_message> = owned
+        .iter()
+        .map(|(r, c)| sys::llama_chat_message {
+            role: r.as_ptr(),
+            content: c.as_ptr(),
+        })
+        .collect();
+    let total: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+    let mut buf = vec![0u8; 2 * total + 256];
+    loop {
+        // SAFETY: tmpl and every message string outlive the call; buf is writable for its length.
+        let n = unsafe {
+            sys::llama_chat_apply_template(
+                tmpl.as_ptr(),
+                msgs.as_ptr(),
+                msgs.len(),
+                add_assistant,
+                buf.as_mut_ptr().cast(),
+                buf.len() as i32,
+            )
+        };
+        if n < 0 {
+            bail!("chat template is not supported by llama.cpp's built-in templates; pass --chat-template NAME (e.g. chatml, llama3, vicuna)");
+        }
+        if (n as usize) <= buf.len() {
+            buf.truncate(n as usize);
+            return String::from_utf8(buf).context("chat template produced invalid UTF-8");
+        }
+        buf.resize(n as usize, 0);
+    }
+}

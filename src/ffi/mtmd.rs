@@ -1,0 +1,243 @@
+//! The multimodal projector (mmproj) through llama.cpp's mtmd library: bitmaps, tokenizing a
+//! prompt with media markers into chunks, and decoding image chunks into a context.
+
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use anyhow::{bail, ensure, Result};
+use llama_cpp_sys_2 as sys;
+
+use super::log::reason;
+use super::{c_path, Context, Model};
+
+/// A loaded mmproj bound to its text model.
+pub struct Mtmd {
+    ptr: NonNull<sys::mtmd_context>,
+}
+
+// SAFETY: an mtmd context has no thread affinity. It is not `Sync`: encoding (`eval_image`)
+// is not thread-safe, and without `Sync` no two threads can call it at once.
+unsafe impl Send for Mtmd {}
+
+impl Mtmd {
+    /// Loads `path` as the projector for `model`.
+    pub fn load(path: &Path, model: &Model, n_threads: i32, use_gpu: bool) -> Result<Self> {
+        let c = c_path(path)?;
+        // SAFETY: plain constructor of a parameter struct.
+        let mut p = unsafe { sys::mtmd_context_params_default() };
+        p.n_threads = n_threads;
+        p.use_gpu = use_gpu;
+        p.print_timings = false;
+        p.warmup = false;
+        // SAFETY: path and model are valid for the call; the model outlives the mtmd context
+        // because both are owned by the engine, which drops the mtmd context first.
+        let ptr = unsafe { sys::mtmd_init_from_file(c.as_ptr(), model.as_ptr(), p) };
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Self { ptr }),
+            None => bail!(
+                "{}: llama.cpp could not load this mmproj{}",
+                path.display(),
+                reason()
+            ),
+        }
+    }
+
+    /// Whether the projector takes images.
+    pub fn supports_vision(&self) -> bool {
+        // SAFETY: valid mtmd context.
+        unsafe { sys::mtmd_support_vision(self.ptr.as_ptr()) }
+    }
+
+    /// The media marker that stands for an image in a prompt (`<__media__>`).
+    pub fn marker() -> String {
+        // SAFETY: returns a static NUL-terminated string.
+        unsafe { CStr::from_ptr(sys::mtmd_default_marker()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Splits `prompt` (one marker per bitmap) into text and image chunks; `add_special`
+    /// adds the model's BOS token (for the start of a conversation).
+    pub fn tokenize(&self, prompt: &str, bitmaps: &[Bitmap], add_special: bool) -> Result<Chunks> {
+        let text =
+            CString::new(prompt).map_err(|_| anyhow::anyhow!("prompt contains a NUL byte"))?;
+        let input = sys::mtmd_input_text {
+            text: text.as_ptr(),
+            text_len: prompt.len(),
+            add_special,
+            parse_special: true,
+        };
+        let ptrs: Vec<*const sys::mtmd_bitmap> = bitmaps
+            .iter()
+            .map(|b| b.ptr.as_ptr().cast_const())
+            .collect();
+        // SAFETY: allocates an empty chunk list.
+        let chunks = unsafe { sys::mtmd_input_chunks_init() };
+        let chunks = Chunks {
+            ptr: NonNull::new(chunks).ok_or_else(|| anyhow::anyhow!("out of memory"))?,
+        };
+        // SAFETY: every pointer is valid for the call; bitmaps are only read.
+        let rc = unsafe {
+            sys::mtmd_tokenize(
+                self.ptr.as_ptr(),
+                chunks.ptr.as_ptr(),
+                &input,
+                ptrs.as_ptr(),
+                ptrs.len(),
+            )
+        };
+        match rc {
+            0 => Ok(chunks),
+            1 => bail!(
+                "the prompt has a different number of {} markers than images ({} images)",
+                Self::marker(),
+                bitmaps.len()
+            ),
+            _ => bail!("mtmd could not preprocess the image{}", reason()),
+        }
+    }
+
+    /// Encodes image chunk `index` and decodes its embeddings into `ctx` at `n_past`;
+    /// returns the new position.
+    pub fn eval_image(
+        &self,
+        ctx: &mut Context<'_>,
+        chunks: &Chunks,
+        index: usize,
+        n_past: usize,
+        logits_last: bool,
+    ) -> Result<usize> {
+        let chunk = chunks.raw(index)?;
+        let n_batch = ctx.n_batch() as i32;
+        let mut new_past: sys::llama_pos = 0;
+        // SAFETY: all pointers are valid; the chunk belongs to `chunks`, borrowed for the call.
+        let rc = unsafe {
+            sys::mtmd_helper_eval_chunk_single(
+                self.ptr.as_ptr(),
+                ctx.as_ptr(),
+                chunk,
+                n_past as i32,
+                0,
+                n_batch,
+                logits_last,
+                &mut new_past,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "encoding or decoding the image failed (code {rc}){}",
+            reason()
+        );
+        Ok(new_past as usize)
+    }
+}
+
+impl Drop for Mtmd {
+    fn drop(&mut self) {
+        // SAFETY: created by mtmd_init_from_file and freed once.
+        unsafe { sys::mtmd_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// An RGB image ready for the projector.
+pub struct Bitmap {
+    ptr: NonNull<sys::mtmd_bitmap>,
+}
+
+// SAFETY: a bitmap is plain owned pixel data.
+unsafe impl Send for Bitmap {}
+
+impl Bitmap {
+    /// Wraps `rgb` (`width * height * 3` bytes, row-major).
+    pub fn from_rgb(width: u32, height: u32, rgb: &[u8]) -> Result<Self> {
+        ensure!(width > 0 && height > 0, "image has zero size");
+        ensure!(
+            rgb.len() == width as usize * height as usize * 3,
+            "RGB buffer does not match {width}x{height}"
+        );
+        // SAFETY: rgb holds width*height*3 bytes; mtmd copies them.
+        let ptr = unsafe { sys::mtmd_bitmap_init(width, height, rgb.as_ptr()) };
+        Ok(Self {
+            ptr: NonNull::new(ptr).ok_or_else(|| anyhow::anyhow!("out of memory"))?,
+        })
+    }
+}
+
+impl Drop for Bitmap {
+    fn drop(&mut self) {
+        // SAFETY: created by mtmd_bitmap_init and freed once.
+        unsafe { sys::mtmd_bitmap_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What a chunk holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// Text tokens.
+    Text(Vec<i32>),
+    /// An image of `n_tokens` embeddings taking `n_pos` positions.
+    Image {
+        /// Embeddings the image turns into.
+        n_tokens: usize,
+        /// Positions it takes in the sequence.
+        n_pos: usize,
+    },
+}
+
+/// A tokenized multimodal prompt.
+pub struct Chunks {
+    ptr: NonNull<sys::mtmd_input_chunks>,
+}
+
+// SAFETY: owned data, no thread affinity.
+unsafe impl Send for Chunks {}
+
+impl Chunks {
+    /// Number of chunks.
+    pub fn len(&self) -> usize {
+        // SAFETY: valid chunk list.
+        unsafe { sys::mtmd_input_chunks_size(self.ptr.as_ptr()) }
+    }
+
+    /// True when there is no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn raw(&self, index: usize) -> Result<*const sys::mtmd_input_chunk> {
+        ensure!(index < self.len(), "chunk {index} out of range");
+        // SAFETY: index is in range; the chunk is owned by the list.
+        Ok(unsafe { sys::mtmd_input_chunks_get(self.ptr.as_ptr(), index) })
+    }
+
+    /// The content of chunk `index`.
+    pub fn kind(&self, index: usize) -> Result<ChunkKind> {
+        let c = self.raw(index)?;
+        // SAFETY: c is a valid chunk of this list; the token slice is owned by it and copied.
+        unsafe {
+            if sys::mtmd_input_chunk_get_type(c) == sys::MTMD_INPUT_CHUNK_TYPE_TEXT {
+                let mut n = 0usize;
+                let p = sys::mtmd_input_chunk_get_tokens_text(c, &mut n);
+                let toks = if p.is_null() || n == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(p, n).to_vec()
+                };
+                Ok(ChunkKind::Text(toks))
+            } else {
+                Ok(ChunkKind::Image {
+                    n_tokens: sys::mtmd_input_chunk_get_n_tokens(c),
+                    n_pos: sys::mtmd_input_chunk_get_n_pos(c) as usize,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        // SAFETY: created by mtmd_input_chunks_init and freed once.
+        unsafe { sys::mtmd_input_chunks_free(self.ptr.as_ptr()) }
+    }
+}
