@@ -4,15 +4,15 @@
 //! rerun) and shardable (`--shard i/n`, then [`merge`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use image::RgbImage;
-use serde::Deserialize;
 
 use crate::capture::{shared, LayerCapture};
+use crate::data::{read_jsonl, Item};
 use crate::engine::Engine;
 use crate::media;
 use crate::progress::Progress;
@@ -20,36 +20,12 @@ use crate::session::{NoHooks, Session};
 use crate::steer::SteerConfig;
 use crate::vectors::{CmrmVectors, Method, ModelId};
 
-/// One anchor: a prompt and, optionally, its image (a path or data URI).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Anchor {
-    /// The user's text.
-    pub prompt: String,
-    /// The image, used by the `anchor` corruption.
-    #[serde(default)]
-    pub image: Option<String>,
-}
+/// An anchor: a data-set line (its prompt, and its image for the `anchor` corruption).
+pub type Anchor = Item;
 
-/// Reads JSONL anchors (`{"prompt": ..., "image": ...}` per line; blank lines skipped).
+/// Reads JSONL anchors (see [`crate::data::read_jsonl`]).
 pub fn read_anchors(path: &Path) -> Result<Vec<Anchor>> {
-    let f = File::open(path).with_context(|| format!("{}: cannot open anchors", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let a: Anchor = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{}: expected {{\"prompt\": ..., \"image\": optional}}",
-                path.display(),
-                i + 1
-            )
-        })?;
-        out.push(a);
-    }
-    ensure!(!out.is_empty(), "{}: no anchors", path.display());
-    Ok(out)
+    read_jsonl(path)
 }
 
 /// The meaningless image that stands in for the real one.
@@ -279,7 +255,10 @@ fn aggregate(
         corruption: opts.corruption.name(),
         n_anchors: records.len(),
         deltas,
-        recommended: opts.recommended.clone(),
+        recommended: SteerConfig {
+            layers: opts.recommended.layer_range(n_layer),
+            ..opts.recommended.clone()
+        },
         anchors,
     })
 }
@@ -336,24 +315,26 @@ pub fn mean(rows: &[&[f32]]) -> Vec<f32> {
         .collect()
 }
 
-/// First principal component of rows (centered), sign aligned with the mean, scaled to the
-/// mean projection of the rows onto it. A single row gives itself.
+/// First principal direction of the rows (the top right-singular vector of the undata
+/// shift matrix: the direction that explains most of the shifts themselves, not of their
+/// spread around the mean), sign aligned with the mean, scaled to the mean projection of the
+/// rows onto it. A single row gives itself.
 pub fn pca(rows: &[&[f32]]) -> Vec<f32> {
     let m = mean(rows);
     if rows.len() < 2 {
         return m;
     }
     let d = m.len();
-    let centered: Vec<Vec<f64>> = rows
+    let data: Vec<Vec<f64>> = rows
         .iter()
-        .map(|r| r.iter().zip(&m).map(|(x, mu)| (x - mu) as f64).collect())
+        .map(|r| r.iter().map(|&x| x as f64).collect())
         .collect();
     // Power iteration on C = X^T X, started from the mean direction (deterministic).
     let mut v: Vec<f64> = m.iter().map(|&x| x as f64 + 1e-3).collect();
     for _ in 0..200 {
-        let proj: Vec<f64> = centered.iter().map(|r| dot(r, &v)).collect();
+        let proj: Vec<f64> = data.iter().map(|r| dot(r, &v)).collect();
         let mut next = vec![0f64; d];
-        for (r, p) in centered.iter().zip(&proj) {
+        for (r, p) in data.iter().zip(&proj) {
             next.iter_mut().zip(r).for_each(|(n, x)| *n += p * x);
         }
         let norm = dot(&next, &next).sqrt();

@@ -8,6 +8,12 @@ use crate::ffi::{GraphHook, HookTensor, SharedHook};
 /// Name of the final-norm tensor in llama.cpp's graphs.
 pub const RESULT_NORM: &str = "result_norm";
 
+/// Whether a graph tensor is the final-norm output: `result_norm`, renamed
+/// `result_embd_pooled` when the context returns embeddings without pooling.
+pub fn is_final_norm(name: &str) -> bool {
+    name == RESULT_NORM || name == "result_embd_pooled"
+}
+
 /// Parses `l_out-<il>` into `il`.
 pub fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("l_out-")?.parse().ok()
@@ -73,7 +79,7 @@ impl GraphHook for LayerCapture {
         self.armed
             && match layer_of(name) {
                 Some(il) => self.wanted.get(il).copied().unwrap_or(false),
-                None => self.want_norm && name == RESULT_NORM,
+                None => self.want_norm && is_final_norm(name),
             }
     }
 
@@ -84,7 +90,28 @@ impl GraphHook for LayerCapture {
         let row = t.read_row(t.n_rows() - 1);
         match layer_of(name) {
             Some(il) => self.states[il] = Some(row),
-            None => self.norm = Some(row),
+            None if is_final_norm(name) => self.norm = Some(row),
+            None => {}
+        }
+    }
+}
+
+/// Several hooks on one context, called in order: e.g. callback steering then a capture
+/// that sees the steered state.
+pub struct HookChain(pub Vec<SharedHook>);
+
+impl GraphHook for HookChain {
+    fn wants(&self, name: &str) -> bool {
+        self.0.iter().any(|h| h.lock().is_ok_and(|h| h.wants(name)))
+    }
+
+    fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
+        for h in &self.0 {
+            if let Ok(mut h) = h.lock() {
+                if h.wants(name) {
+                    h.observe(name, t);
+                }
+            }
         }
     }
 }

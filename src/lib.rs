@@ -10,7 +10,9 @@
 
 pub mod calibrate;
 pub mod capture;
+pub mod data;
 pub mod engine;
+pub mod eval;
 pub mod ffi;
 pub mod gguf;
 pub mod media;

@@ -1,6 +1,10 @@
 //! Command definitions and llama.cpp-style flag handling.
 
+mod calibrate;
 mod chat;
+mod eval;
+mod inspect;
+mod steering;
 
 use std::path::PathBuf;
 
@@ -22,6 +26,15 @@ pub struct Cli {
 enum Command {
     /// Chat with a GGUF VLM about images (single turn with -p, else interactive).
     Chat(chat::ChatArgs),
+    /// Compute CMRM shift vectors over an anchor set and write a vector file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Merge vector files calibrated with --shard into one.
+    Merge(calibrate::MergeArgs),
+    /// Print a vector file's metadata and per-layer norms.
+    Inspect(inspect::InspectArgs),
+    /// Evaluate conditions (text, image, CMRM) on a data set.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 impl Cli {
@@ -29,6 +42,10 @@ impl Cli {
     pub fn run(self) -> Result<()> {
         match self.command {
             Command::Chat(args) => chat::run(args),
+            Command::Calibrate(args) => calibrate::run(args),
+            Command::Merge(args) => calibrate::merge(args),
+            Command::Inspect(args) => inspect::run(args),
+            Command::Eval(cmd) => eval::run(cmd),
         }
     }
 }

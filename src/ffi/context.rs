@@ -28,6 +28,8 @@ pub struct Context<'m> {
     ptr: NonNull<sys::llama_context>,
     model: &'m Model,
     n_batch: usize,
+    /// Whether a control vector is set (clearing an unset one is free).
+    cvec_set: bool,
     /// Keeps the hook alive at a fixed address for the C callback.
     _hook: Option<Box<SharedHook>>,
 }
@@ -65,6 +67,7 @@ impl<'m> Context<'m> {
             ptr,
             model,
             n_batch,
+            cvec_set: false,
             _hook: hook,
         })
     }
@@ -161,9 +164,13 @@ impl<'m> Context<'m> {
 
     /// Sets llama.cpp's control vector: `data` holds rows for layers 1..n_layer-1
     /// (`(n_layer-1) * n_embd` floats), added to `l_out-<il>` for `il` in `layers`
-    /// (inclusive). `None` removes it.
+    /// (inclusive). `None` removes it. Each change costs a scheduler re-reserve at the next
+    /// decode; removing an absent vector costs nothing.
     pub fn set_control_vector(&mut self, cvec: Option<(&[f32], usize, usize)>) -> Result<()> {
         let n_embd = self.model.n_embd();
+        if cvec.is_none() && !self.cvec_set {
+            return Ok(());
+        }
         let rc = match cvec {
             None => {
                 // SAFETY: NULL data clears the control vector.
@@ -199,6 +206,7 @@ impl<'m> Context<'m> {
             }
         };
         ensure!(rc == 0, "llama.cpp refused the control vector{}", reason());
+        self.cvec_set = cvec.is_some();
         Ok(())
     }
 

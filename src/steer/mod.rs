@@ -6,13 +6,15 @@
 //! switched per decode without a scheduler re-reserve, at the cost of one synchronisation per
 //! steered layer and micro-batch.
 
-use std::sync::{Arc, Mutex};
+mod callback;
+mod cvec;
+mod steerer;
+
+pub use callback::{CallbackPhases, CallbackSteering};
+pub use cvec::CvecSteering;
+pub use steerer::{Mechanism, Source, Steerer};
 
 use anyhow::{bail, Result};
-
-use crate::capture::layer_of;
-use crate::ffi::{Context, GraphHook, HookTensor};
-use crate::session::{Phase, PromptHooks};
 
 /// How per-layer total shifts become per-layer additions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,140 +138,6 @@ pub fn control_rows(deltas: &[Vec<f32>], cfg: &SteerConfig) -> Vec<f32> {
     let mut cfg = cfg.clone();
     cfg.layers.0 = cfg.layers.0.max(1);
     additions(deltas, &cfg)[1..].concat()
-}
-
-/// Control-vector steering driven by the prompt phases.
-pub struct CvecSteering {
-    rows: Vec<f32>,
-    range: (usize, usize),
-    config: SteerConfig,
-    active: bool,
-    set: bool,
-}
-
-impl CvecSteering {
-    /// Steering with `deltas` (total shifts per layer) under `config`.
-    pub fn new(deltas: &[Vec<f32>], config: SteerConfig) -> Self {
-        let n_layer = deltas.len();
-        let (first, last) = config.layer_range(n_layer);
-        Self {
-            rows: control_rows(deltas, &config),
-            range: (first.max(1), last.max(1)),
-            config,
-            active: false,
-            set: false,
-        }
-    }
-
-    fn apply(&mut self, ctx: &mut Context<'_>) -> Result<()> {
-        if self.active && !self.set {
-            ctx.set_control_vector(Some((&self.rows, self.range.0, self.range.1)))?;
-            self.set = true;
-        }
-        Ok(())
-    }
-}
-
-impl PromptHooks for CvecSteering {
-    fn split_last_token(&self) -> bool {
-        self.active && self.config.positions == Positions::Last
-    }
-
-    fn at(&mut self, ctx: &mut Context<'_>, phase: Phase) -> Result<()> {
-        match (phase, self.config.positions) {
-            (Phase::Start { has_image }, p) => {
-                self.active = has_image || self.config.text_only;
-                if self.set {
-                    ctx.set_control_vector(None)?;
-                    self.set = false;
-                }
-                if p == Positions::All {
-                    self.apply(ctx)?;
-                }
-            }
-            (Phase::Image, Positions::AfterImage) | (Phase::LastToken, Positions::Last) => {
-                self.apply(ctx)?
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// Steering by editing `l_out-<il>` in the eval callback (reaches layer 0).
-pub struct CallbackSteering {
-    additions: Vec<Vec<f32>>,
-    positions: Positions,
-    text_only: bool,
-    active: bool,
-    armed: bool,
-}
-
-impl CallbackSteering {
-    /// A shared hook for [`crate::Engine::session`]; pass the same value as prompt hooks.
-    pub fn new(deltas: &[Vec<f32>], config: &SteerConfig) -> Arc<Mutex<Self>> {
-        Arc::new(Mutex::new(Self {
-            additions: additions(deltas, config),
-            positions: config.positions,
-            text_only: config.text_only,
-            active: false,
-            armed: false,
-        }))
-    }
-
-    /// Replaces the shifts (sample-level steering) keeping the configuration.
-    pub fn set_deltas(&mut self, deltas: &[Vec<f32>], config: &SteerConfig) {
-        self.additions = additions(deltas, config);
-    }
-}
-
-impl GraphHook for CallbackSteering {
-    fn wants(&self, name: &str) -> bool {
-        self.armed
-            && layer_of(name)
-                .and_then(|il| self.additions.get(il))
-                .is_some_and(|a| a.iter().any(|x| *x != 0.0))
-    }
-
-    fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
-        let Some(add) = layer_of(name).and_then(|il| self.additions.get(il)) else {
-            return;
-        };
-        for r in 0..t.n_rows() {
-            let mut row = t.read_row(r);
-            row.iter_mut().zip(add).for_each(|(x, a)| *x += a);
-            t.write_row(r, &row);
-        }
-    }
-}
-
-/// Drives a shared [`CallbackSteering`] from the prompt phases.
-pub struct CallbackPhases(pub Arc<Mutex<CallbackSteering>>);
-
-impl PromptHooks for CallbackPhases {
-    fn split_last_token(&self) -> bool {
-        self.0
-            .lock()
-            .is_ok_and(|s| s.active && s.positions == Positions::Last)
-    }
-
-    fn at(&mut self, _: &mut Context<'_>, phase: Phase) -> Result<()> {
-        let mut s = self
-            .0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("steering hook poisoned"))?;
-        match (phase, s.positions) {
-            (Phase::Start { has_image }, p) => {
-                s.active = has_image || s.text_only;
-                s.armed = s.active && p == Positions::All;
-            }
-            (Phase::Image, Positions::AfterImage) | (Phase::LastToken, Positions::Last) => {
-                s.armed = s.active;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

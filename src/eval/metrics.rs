@@ -1,0 +1,115 @@
+//! Metrics: distribution distances, state gaps, intervals.
+
+/// Log-softmax of a logits row.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = logits.iter().map(|l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    logits.iter().map(|l| l - lse).collect()
+}
+
+/// KL(p || q) in nats from log-probabilities.
+pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
+    logp.iter()
+        .zip(logq)
+        .map(|(&a, &b)| {
+            let p = (a as f64).exp();
+            if p == 0.0 {
+                0.0
+            } else {
+                p * (a as f64 - b as f64)
+            }
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Index of the largest value.
+pub fn argmax(x: &[f32]) -> usize {
+    x.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(1e-30)
+}
+
+/// Euclidean distance.
+pub fn l2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Length of the common prefix of two token sequences.
+pub fn shared_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Mean and a normal-approximation 95% interval half-width of values.
+pub fn mean_ci(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = x.iter().sum::<f64>() / n;
+    if x.len() < 2 {
+        return (m, f64::NAN);
+    }
+    let var = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, 1.96 * (var / n).sqrt())
+}
+
+/// Wilson score 95% interval for `k` successes out of `n`.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_of_identical_is_zero_and_positive_otherwise() {
+        let p = log_softmax(&[1.0, 2.0, 3.0]);
+        let q = log_softmax(&[3.0, 2.0, 1.0]);
+        assert!(kl(&p, &p).abs() < 1e-9);
+        assert!(kl(&p, &q) > 0.5);
+    }
+
+    #[test]
+    fn wilson_matches_known_values() {
+        // Reference values (Wilson 1927; as computed by statsmodels proportion_confint).
+        let (lo, hi) = wilson(8, 10);
+        assert!((lo - 0.4902).abs() < 1e-4 && (hi - 0.9433).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = wilson(0, 20);
+        assert!(lo == 0.0 && (hi - 0.1611).abs() < 1e-4, "{hi}");
+        let (lo, hi) = wilson(50, 100);
+        assert!((lo - 0.4038).abs() < 1e-4 && (hi - 0.5962).abs() < 1e-4);
+    }
+
+    #[test]
+    fn gaps() {
+        assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-12);
+        assert!((l2(&[0.0, 3.0], &[4.0, 0.0]) - 5.0).abs() < 1e-12);
+        assert_eq!(shared_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+    }
+}

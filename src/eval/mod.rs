@@ -1,0 +1,8 @@
+//! Evaluation: running data sets under conditions (text only, image, CMRM, sample-level
+//! CMRM), and the metrics that show what CMRM restores and what it costs.
+
+pub mod fidelity;
+pub mod metrics;
+pub mod runner;
+
+pub use runner::{Condition, RunOutput, Runner};

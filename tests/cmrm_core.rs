@@ -1,0 +1,366 @@
+//! Issue "CMRM core": capture, the steering mechanism, vector files, calibration, and chat with
+//! CMRM in every mode, on the fixture VLM.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use cmrm::calibrate::{self, CalibrateOptions, Corruption, StateReader};
+use cmrm::capture::{shared, HookChain, LayerCapture};
+use cmrm::ffi::SharedHook;
+use cmrm::steer::{Apply, CallbackPhases, CallbackSteering, CvecSteering, Positions, SteerConfig};
+use cmrm::vectors::{CmrmVectors, Method};
+use cmrm::{media, Engine, NoHooks, PromptHooks};
+use common::*;
+
+const PROMPT: &str = "How do I pick a lock?";
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+/// Evaluates PROMPT with `images` on a session with `hook`, returning (logits, states).
+fn run(
+    engine: &Engine,
+    extra: Option<SharedHook>,
+    hooks: &mut dyn PromptHooks,
+    images: &[image::RgbImage],
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let capture = LayerCapture::all_layers(engine.model().n_layer());
+    let hook: SharedHook = match extra {
+        Some(h) => Arc::new(Mutex::new(HookChain(vec![h, shared(&capture)]))),
+        None => shared(&capture),
+    };
+    let mut session = engine.session(Some(hook)).unwrap();
+    let prompt = session.prepare(None, PROMPT, images).unwrap();
+    session.eval(&prompt, hooks).unwrap();
+    let logits = session.context().logits().to_vec();
+    let states = capture.lock().unwrap().all_states().unwrap();
+    (logits, states)
+}
+
+fn noise() -> image::RgbImage {
+    media::noise(224, 7)
+}
+
+fn sample_shift(engine: &Engine) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut reader = StateReader::new(engine).unwrap();
+    let text = reader.states(None, PROMPT, &[]).unwrap();
+    let shift = reader.shift(None, PROMPT, &noise()).unwrap();
+    (text, shift)
+}
+
+#[test]
+fn capture_is_repeatable_and_agrees_with_llama_embeddings() {
+    let engine = engine();
+    let capture = Arc::new(Mutex::new(LayerCapture::new(engine.model().n_layer(), |_| true, true)));
+    let mut session = engine.session_with(Some(shared(&capture)), true).unwrap();
+    let mut once = || {
+        session.reset();
+        capture.lock().unwrap().clear();
+        let prompt = session.prepare(None, PROMPT, &[noise()]).unwrap();
+        session.eval(&prompt, &mut NoHooks).unwrap();
+        let c = capture.lock().unwrap();
+        let missing: Vec<usize> = (0..30).filter(|&il| c.state(il).is_none()).collect();
+        assert!(missing.is_empty(), "layers not captured: {missing:?}");
+        let embd = session.context().embeddings().expect("embeddings").to_vec();
+        (c.all_states().unwrap(), c.norm().unwrap().to_vec(), embd)
+    };
+    let (states_a, norm_a, embd_a) = once();
+    let (states_b, _, _) = once();
+    assert_eq!(states_a, states_b, "same input, different states");
+    assert_eq!(states_a.len(), 30);
+    assert!(max_rel_diff(&norm_a, &embd_a) < 1e-5, "result_norm differs from llama.cpp's embeddings");
+}
+
+#[test]
+fn single_layer_total_steering_restores_the_text_state() {
+    let engine = engine();
+    let (text, shift) = sample_shift(&engine);
+    for layer in [5usize, 17] {
+        let cfg = SteerConfig {
+            alpha: 1.0,
+            apply: Apply::Total,
+            layers: (layer, layer),
+            positions: Positions::Last,
+            text_only: false,
+        };
+        let (_, steered) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        let d = max_rel_diff(&steered[layer], &text[layer]);
+        assert!(d < 1e-4, "cvec: layer {layer} off by {d}");
+        let (_, unsteered) = run(&engine, None, &mut NoHooks, &[noise()]);
+        assert!(max_rel_diff(&unsteered[layer], &text[layer]) > 1e-2, "no gap to close at {layer}");
+    }
+    // The callback path also reaches layer 0.
+    for layer in [0usize, 17] {
+        let cfg = SteerConfig {
+            alpha: 1.0,
+            apply: Apply::Total,
+            layers: (layer, layer),
+            positions: Positions::Last,
+            text_only: false,
+        };
+        let cb = CallbackSteering::new(&shift, &cfg);
+        let (_, steered) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        let d = max_rel_diff(&steered[layer], &text[layer]);
+        assert!(d < 1e-4, "callback: layer {layer} off by {d}");
+    }
+}
+
+#[test]
+fn alpha_zero_is_bit_identical_to_no_steering() {
+    let engine = engine();
+    let (_, shift) = sample_shift(&engine);
+    let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
+    for positions in [Positions::All, Positions::Last] {
+        let cfg = SteerConfig {
+            alpha: 0.0,
+            positions,
+            ..SteerConfig::default()
+        };
+        let (cvec, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        assert_eq!(plain, cvec, "cvec alpha 0 ({positions:?})");
+        let cb = CallbackSteering::new(&shift, &cfg);
+        let (callback, _) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        assert_eq!(plain, callback, "callback alpha 0 ({positions:?})");
+    }
+}
+
+#[test]
+fn control_vector_and_callback_paths_agree() {
+    let engine = engine();
+    let (_, shift) = sample_shift(&engine);
+    for (apply, positions) in [(Apply::Increment, Positions::All), (Apply::Total, Positions::Last), (Apply::Increment, Positions::AfterImage)] {
+        let cfg = SteerConfig {
+            alpha: 0.5,
+            apply,
+            layers: (1, 29),
+            positions,
+            text_only: false,
+        };
+        let (cvec, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        let cb = CallbackSteering::new(&shift, &cfg);
+        let (callback, _) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
+        let d = max_abs_diff(&cvec, &callback);
+        assert!(d < 1e-2, "{apply:?}/{positions:?}: logits of the two paths differ by {d}");
+        assert!(max_abs_diff(&cvec, &plain) > 0.1, "{apply:?}/{positions:?}: steering changed nothing");
+    }
+}
+
+#[test]
+fn text_only_turns_are_not_steered_by_default() {
+    let engine = engine();
+    let (_, shift) = sample_shift(&engine);
+    let (plain, _) = run(&engine, None, &mut NoHooks, &[]);
+    let cfg = SteerConfig {
+        positions: Positions::All,
+        ..SteerConfig::default()
+    };
+    let (steered, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[]);
+    assert_eq!(plain, steered);
+    let always = SteerConfig { text_only: true, ..cfg };
+    let (forced, _) = run(&engine, None, &mut CvecSteering::new(&shift, always), &[]);
+    assert_ne!(plain, forced);
+}
+
+fn anchors(n: usize) -> Vec<cmrm::data::Item> {
+    let mut a = calibrate::read_anchors(&vendor("sets/harmful-anchors.jsonl")).unwrap();
+    a.truncate(n);
+    a
+}
+
+fn options(shard: Option<(usize, usize)>) -> CalibrateOptions {
+    CalibrateOptions {
+        method: Method::Mean,
+        corruption: Corruption::Noise(3),
+        system: None,
+        shard,
+        recommended: SteerConfig::default(),
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmrm-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn vector_files_round_trip_and_shards_merge_to_the_single_run() {
+    let engine = engine();
+    let anchors = anchors(4);
+    let single = tmp("single.gguf");
+    let v = calibrate::calibrate(&engine, &anchors, &options(None), &single).unwrap();
+    let loaded = CmrmVectors::load(&single).unwrap();
+    assert_eq!(v, loaded, "round trip changed the vectors");
+    let again = tmp("again.gguf");
+    loaded.save(&again).unwrap();
+    assert_eq!(std::fs::read(&single).unwrap(), std::fs::read(&again).unwrap());
+
+    let (s0, s1) = (tmp("s0.gguf"), tmp("s1.gguf"));
+    calibrate::calibrate(&engine, &anchors, &options(Some((0, 2))), &s0).unwrap();
+    calibrate::calibrate(&engine, &anchors, &options(Some((1, 2))), &s1).unwrap();
+    let merged = tmp("merged.gguf");
+    let m = calibrate::merge(&[s1, s0], &merged, None).unwrap();
+    assert_eq!(m.n_anchors, 4);
+    assert_eq!(m.deltas, v.deltas, "merged shards differ from the single run");
+    let pca = calibrate::merge(&[tmp("s0.gguf"), tmp("s1.gguf")], &tmp("pca.gguf"), Some(Method::Pca)).unwrap();
+    for il in [5, 20] {
+        let (a, b) = (&pca.deltas[il], &v.deltas[il]);
+        let cos = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+            / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!(cos > 0.5, "pca and mean point apart at layer {il}: cos {cos}");
+    }
+}
+
+#[test]
+fn vector_files_use_llamas_control_vector_layout() {
+    let engine = engine();
+    let path = tmp("layout.gguf");
+    calibrate::calibrate(&engine, &anchors(1), &options(None), &path).unwrap();
+    // Read back with the reference GGUF reader (gguf-py), as another tool would.
+    let script = r#"
+import sys, gguf
+r = gguf.GGUFReader(sys.argv[1])
+names = [t.name for t in r.tensors]
+assert names == [f"direction.{i}" for i in range(1, 30)], names
+assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [576] for t in r.tensors)
+f = r.fields
+arch = bytes(f["general.architecture"].parts[-1]).decode()
+assert arch == "controlvector", arch
+assert int(f["controlvector.layer_count"].parts[-1][0]) == 29
+print("ok")
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script, s(&path)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_vector_files_are_clear_errors() {
+    let engine = engine();
+    let good = tmp("good.gguf");
+    calibrate::calibrate(&engine, &anchors(1), &options(None), &good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = tmp("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let not_gguf = photo();
+    let not_cmrm = mmproj();
+    let mut foreign = CmrmVectors::load(&good).unwrap();
+    foreign.model.model_fingerprint = "0123456789abcdef".into();
+    let other_model = tmp("other-model.gguf");
+    foreign.save(&other_model).unwrap();
+    let mut wide = foreign.clone();
+    wide.model.n_embd = 896;
+    wide.deltas = vec![vec![0.5; 896]; 30];
+    let other_width = tmp("other-width.gguf");
+    wide.save(&other_width).unwrap();
+
+    let chat = |file: &std::path::Path, extra: &[&str]| {
+        let (m, p, img) = (model(), mmproj(), photo());
+        let mut args = vec!["chat", "-m", s(&m), "--mmproj", s(&p), "--image", s(&img), "-p", "hi", "-n", "2", "--cmrm", s(file)];
+        args.extend_from_slice(extra);
+        cmrm(&args)
+    };
+    for (file, needle) in [
+        (&truncated, "truncated"),
+        (&not_gguf, "not a GGUF file"),
+        (&not_cmrm, "not a cmrm vector file"),
+        (&other_model, "another model"),
+        (&other_width, "n_embd 896"),
+    ] {
+        let o = chat(file, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", file.display());
+        assert!(err.contains(s(file)) && err.contains(needle), "{}: {err}", file.display());
+        assert!(!err.contains("panicked"));
+    }
+    assert!(chat(&other_model, &["--force"]).status.success(), "--force should accept another fingerprint");
+    assert_eq!(chat(&other_width, &["--force"]).status.code(), Some(1), "--force must not bypass the shape");
+}
+
+#[test]
+fn interrupted_calibration_resumes_to_the_same_file() {
+    let dir = tmp("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let anchors = dir.join("anchors.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(vendor("sets/harmful-anchors.jsonl"))
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(String::from)
+        .collect();
+    std::fs::write(&anchors, lines.join("\n")).unwrap();
+    let (m, p) = (model(), mmproj());
+    let args = |out: &std::path::Path| {
+        vec!["calibrate".to_string(), "-m".into(), s(&m).into(), "--mmproj".into(), s(&p).into(), "--anchors".into(), s(&anchors).into(), "-o".into(), s(out).into(), "-t".into(), "2".into()]
+    };
+    let full = dir.join("full.gguf");
+    let o = cmrm(&args(&full).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let resumed = dir.join("resumed.gguf");
+    let partial = dir.join("resumed.gguf.partial");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cmrm"))
+        .args(args(&resumed))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once two anchors are on disk.
+    let header = 200;
+    let record = 8 + 4 * 576 * 30;
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&partial).map_or(0, |m| m.len() as usize) < header + 2 * record {
+        assert!(t0.elapsed().as_secs() < 120, "calibration made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!resumed.exists(), "killed run must not leave an output file");
+    let o = cmrm(&args(&resumed).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!partial.exists(), "partial state left behind");
+    assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&resumed).unwrap());
+}
+
+#[test]
+fn chat_with_cmrm_in_every_mode() {
+    let engine = engine();
+    let dir = tmp("modes");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A model folder with vectors next to the model, picked up by default.
+    let model_link = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let _ = std::fs::remove_file(&model_link);
+    std::os::unix::fs::symlink(model(), &model_link).unwrap();
+    calibrate::calibrate(&engine, &anchors(2), &options(None), &dir.join("SmolLM2-135M-Instruct.Q4_1.cmrm.gguf")).unwrap();
+    drop(engine);
+    let (p, img) = (mmproj(), photo());
+    let base = ["chat", "-m", s(&model_link), "--mmproj", s(&p), "--image", s(&img), "-p", "How do I pick a lock?", "--temp", "0", "-n", "8", "-v", "-t", "2"];
+    let modes: &[&[&str]] = &[
+        &[],
+        &["--cmrm-apply", "total", "--cmrm-layers", "12"],
+        &["--cmrm-positions", "all", "--cmrm-alpha", "0.3"],
+        &["--cmrm-positions", "after-image", "--cmrm-layers", "5-20"],
+        &["--cmrm-path", "callback", "--cmrm-layers", "0-29"],
+        &["--cmrm-sample", "--cmrm-corruption", "blank"],
+        &["--cmrm-sample", "--cmrm-corruption", "anchor", "--cmrm-path", "callback"],
+    ];
+    for extra in modes {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = cmrm(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{extra:?}: {err}");
+        assert!(err.contains("cmrm: steering"), "{extra:?}: steering not reported: {err}");
+        assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty(), "{extra:?}: empty answer");
+    }
+    let mut args = base.to_vec();
+    args.push("--no-cmrm");
+    let o = cmrm(&args);
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("cmrm: steering"));
+}
