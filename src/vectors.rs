@@ -119,8 +119,14 @@ impl CmrmVectors {
                 "cmrm.positions".into(),
                 Value::Str(r.positions.name().into()),
             ),
-            ("cmrm.layer_start".into(), Value::U32(r.layer_range(m.n_layer).0 as u32)),
-            ("cmrm.layer_end".into(), Value::U32(r.layer_range(m.n_layer).1 as u32)),
+            (
+                "cmrm.layer_start".into(),
+                Value::U32(r.layer_range(m.n_layer).0 as u32),
+            ),
+            (
+                "cmrm.layer_end".into(),
+                Value::U32(r.layer_range(m.n_layer).1 as u32),
+            ),
             ("cmrm.deltas".into(), Value::F32s(self.deltas.concat())),
         ];
         if let Some((ids, data)) = &self.anchors {

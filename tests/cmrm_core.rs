@@ -16,12 +16,19 @@ use common::*;
 const PROMPT: &str = "How do I pick a lock?";
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }
 
 /// Evaluates PROMPT with `images` on a session with `hook`, returning (logits, states).
@@ -58,7 +65,11 @@ fn sample_shift(engine: &Engine) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 #[test]
 fn capture_is_repeatable_and_agrees_with_llama_embeddings() {
     let engine = engine();
-    let capture = Arc::new(Mutex::new(LayerCapture::new(engine.model().n_layer(), |_| true, true)));
+    let capture = Arc::new(Mutex::new(LayerCapture::new(
+        engine.model().n_layer(),
+        |_| true,
+        true,
+    )));
     let mut session = engine.session_with(Some(shared(&capture)), true).unwrap();
     let mut once = || {
         session.reset();
@@ -75,7 +86,10 @@ fn capture_is_repeatable_and_agrees_with_llama_embeddings() {
     let (states_b, _, _) = once();
     assert_eq!(states_a, states_b, "same input, different states");
     assert_eq!(states_a.len(), 30);
-    assert!(max_rel_diff(&norm_a, &embd_a) < 1e-5, "result_norm differs from llama.cpp's embeddings");
+    assert!(
+        max_rel_diff(&norm_a, &embd_a) < 1e-5,
+        "result_norm differs from llama.cpp's embeddings"
+    );
 }
 
 #[test]
@@ -90,11 +104,19 @@ fn single_layer_total_steering_restores_the_text_state() {
             positions: Positions::Last,
             text_only: false,
         };
-        let (_, steered) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        let (_, steered) = run(
+            &engine,
+            None,
+            &mut CvecSteering::new(&shift, cfg.clone()),
+            &[noise()],
+        );
         let d = max_rel_diff(&steered[layer], &text[layer]);
         assert!(d < 1e-4, "cvec: layer {layer} off by {d}");
         let (_, unsteered) = run(&engine, None, &mut NoHooks, &[noise()]);
-        assert!(max_rel_diff(&unsteered[layer], &text[layer]) > 1e-2, "no gap to close at {layer}");
+        assert!(
+            max_rel_diff(&unsteered[layer], &text[layer]) > 1e-2,
+            "no gap to close at {layer}"
+        );
     }
     // The callback path also reaches layer 0.
     for layer in [0usize, 17] {
@@ -106,7 +128,12 @@ fn single_layer_total_steering_restores_the_text_state() {
             text_only: false,
         };
         let cb = CallbackSteering::new(&shift, &cfg);
-        let (_, steered) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        let (_, steered) = run(
+            &engine,
+            Some(cb.clone()),
+            &mut CallbackPhases(cb),
+            &[noise()],
+        );
         let d = max_rel_diff(&steered[layer], &text[layer]);
         assert!(d < 1e-4, "callback: layer {layer} off by {d}");
     }
@@ -123,10 +150,20 @@ fn alpha_zero_is_bit_identical_to_no_steering() {
             positions,
             ..SteerConfig::default()
         };
-        let (cvec, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        let (cvec, _) = run(
+            &engine,
+            None,
+            &mut CvecSteering::new(&shift, cfg.clone()),
+            &[noise()],
+        );
         assert_eq!(plain, cvec, "cvec alpha 0 ({positions:?})");
         let cb = CallbackSteering::new(&shift, &cfg);
-        let (callback, _) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        let (callback, _) = run(
+            &engine,
+            Some(cb.clone()),
+            &mut CallbackPhases(cb),
+            &[noise()],
+        );
         assert_eq!(plain, callback, "callback alpha 0 ({positions:?})");
     }
 }
@@ -135,7 +172,11 @@ fn alpha_zero_is_bit_identical_to_no_steering() {
 fn control_vector_and_callback_paths_agree() {
     let engine = engine();
     let (_, shift) = sample_shift(&engine);
-    for (apply, positions) in [(Apply::Increment, Positions::All), (Apply::Total, Positions::Last), (Apply::Increment, Positions::AfterImage)] {
+    for (apply, positions) in [
+        (Apply::Increment, Positions::All),
+        (Apply::Total, Positions::Last),
+        (Apply::Increment, Positions::AfterImage),
+    ] {
         let cfg = SteerConfig {
             alpha: 0.5,
             apply,
@@ -143,13 +184,29 @@ fn control_vector_and_callback_paths_agree() {
             positions,
             text_only: false,
         };
-        let (cvec, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[noise()]);
+        let (cvec, _) = run(
+            &engine,
+            None,
+            &mut CvecSteering::new(&shift, cfg.clone()),
+            &[noise()],
+        );
         let cb = CallbackSteering::new(&shift, &cfg);
-        let (callback, _) = run(&engine, Some(cb.clone()), &mut CallbackPhases(cb), &[noise()]);
+        let (callback, _) = run(
+            &engine,
+            Some(cb.clone()),
+            &mut CallbackPhases(cb),
+            &[noise()],
+        );
         let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
         let d = max_abs_diff(&cvec, &callback);
-        assert!(d < 1e-2, "{apply:?}/{positions:?}: logits of the two paths differ by {d}");
-        assert!(max_abs_diff(&cvec, &plain) > 0.1, "{apply:?}/{positions:?}: steering changed nothing");
+        assert!(
+            d < 1e-2,
+            "{apply:?}/{positions:?}: logits of the two paths differ by {d}"
+        );
+        assert!(
+            max_abs_diff(&cvec, &plain) > 0.1,
+            "{apply:?}/{positions:?}: steering changed nothing"
+        );
     }
 }
 
@@ -162,9 +219,17 @@ fn text_only_turns_are_not_steered_by_default() {
         positions: Positions::All,
         ..SteerConfig::default()
     };
-    let (steered, _) = run(&engine, None, &mut CvecSteering::new(&shift, cfg.clone()), &[]);
+    let (steered, _) = run(
+        &engine,
+        None,
+        &mut CvecSteering::new(&shift, cfg.clone()),
+        &[],
+    );
     assert_eq!(plain, steered);
-    let always = SteerConfig { text_only: true, ..cfg };
+    let always = SteerConfig {
+        text_only: true,
+        ..cfg
+    };
     let (forced, _) = run(&engine, None, &mut CvecSteering::new(&shift, always), &[]);
     assert_ne!(plain, forced);
 }
@@ -201,7 +266,10 @@ fn vector_files_round_trip_and_shards_merge_to_the_single_run() {
     assert_eq!(v, loaded, "round trip changed the vectors");
     let again = tmp("again.gguf");
     loaded.save(&again).unwrap();
-    assert_eq!(std::fs::read(&single).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(
+        std::fs::read(&single).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
 
     let (s0, s1) = (tmp("s0.gguf"), tmp("s1.gguf"));
     calibrate::calibrate(&engine, &anchors, &options(Some((0, 2))), &s0).unwrap();
@@ -209,13 +277,25 @@ fn vector_files_round_trip_and_shards_merge_to_the_single_run() {
     let merged = tmp("merged.gguf");
     let m = calibrate::merge(&[s1, s0], &merged, None).unwrap();
     assert_eq!(m.n_anchors, 4);
-    assert_eq!(m.deltas, v.deltas, "merged shards differ from the single run");
-    let pca = calibrate::merge(&[tmp("s0.gguf"), tmp("s1.gguf")], &tmp("pca.gguf"), Some(Method::Pca)).unwrap();
+    assert_eq!(
+        m.deltas, v.deltas,
+        "merged shards differ from the single run"
+    );
+    let pca = calibrate::merge(
+        &[tmp("s0.gguf"), tmp("s1.gguf")],
+        &tmp("pca.gguf"),
+        Some(Method::Pca),
+    )
+    .unwrap();
     for il in [5, 20] {
         let (a, b) = (&pca.deltas[il], &v.deltas[il]);
         let cos = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
-            / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
-        assert!(cos > 0.5, "pca and mean point apart at layer {il}: cos {cos}");
+            / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+        assert!(
+            cos > 0.5,
+            "pca and mean point apart at layer {il}: cos {cos}"
+        );
     }
 }
 
@@ -237,8 +317,15 @@ assert arch == "controlvector", arch
 assert int(f["controlvector.layer_count"].parts[-1][0]) == 29
 print("ok")
 "#;
-    let out = std::process::Command::new("python3").args(["-c", script, s(&path)]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, s(&path)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -263,7 +350,21 @@ fn bad_vector_files_are_clear_errors() {
 
     let chat = |file: &std::path::Path, extra: &[&str]| {
         let (m, p, img) = (model(), mmproj(), photo());
-        let mut args = vec!["chat", "-m", s(&m), "--mmproj", s(&p), "--image", s(&img), "-p", "hi", "-n", "2", "--cmrm", s(file)];
+        let mut args = vec![
+            "chat",
+            "-m",
+            s(&m),
+            "--mmproj",
+            s(&p),
+            "--image",
+            s(&img),
+            "-p",
+            "hi",
+            "-n",
+            "2",
+            "--cmrm",
+            s(file),
+        ];
         args.extend_from_slice(extra);
         cmrm(&args)
     };
@@ -277,11 +378,22 @@ fn bad_vector_files_are_clear_errors() {
         let o = chat(file, &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{}: {err}", file.display());
-        assert!(err.contains(s(file)) && err.contains(needle), "{}: {err}", file.display());
+        assert!(
+            err.contains(s(file)) && err.contains(needle),
+            "{}: {err}",
+            file.display()
+        );
         assert!(!err.contains("panicked"));
     }
-    assert!(chat(&other_model, &["--force"]).status.success(), "--force should accept another fingerprint");
-    assert_eq!(chat(&other_width, &["--force"]).status.code(), Some(1), "--force must not bypass the shape");
+    assert!(
+        chat(&other_model, &["--force"]).status.success(),
+        "--force should accept another fingerprint"
+    );
+    assert_eq!(
+        chat(&other_width, &["--force"]).status.code(),
+        Some(1),
+        "--force must not bypass the shape"
+    );
 }
 
 #[test]
@@ -298,7 +410,19 @@ fn interrupted_calibration_resumes_to_the_same_file() {
     std::fs::write(&anchors, lines.join("\n")).unwrap();
     let (m, p) = (model(), mmproj());
     let args = |out: &std::path::Path| {
-        vec!["calibrate".to_string(), "-m".into(), s(&m).into(), "--mmproj".into(), s(&p).into(), "--anchors".into(), s(&anchors).into(), "-o".into(), s(out).into(), "-t".into(), "2".into()]
+        vec![
+            "calibrate".to_string(),
+            "-m".into(),
+            s(&m).into(),
+            "--mmproj".into(),
+            s(&p).into(),
+            "--anchors".into(),
+            s(&anchors).into(),
+            "-o".into(),
+            s(out).into(),
+            "-t".into(),
+            "2".into(),
+        ]
     };
     let full = dir.join("full.gguf");
     let o = cmrm(&args(&full).iter().map(String::as_str).collect::<Vec<_>>());
@@ -321,11 +445,22 @@ fn interrupted_calibration_resumes_to_the_same_file() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!resumed.exists(), "killed run must not leave an output file");
-    let o = cmrm(&args(&resumed).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !resumed.exists(),
+        "killed run must not leave an output file"
+    );
+    let o = cmrm(
+        &args(&resumed)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!partial.exists(), "partial state left behind");
-    assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&resumed).unwrap());
+    assert_eq!(
+        std::fs::read(&full).unwrap(),
+        std::fs::read(&resumed).unwrap()
+    );
 }
 
 #[test]
@@ -337,10 +472,33 @@ fn chat_with_cmrm_in_every_mode() {
     let model_link = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let _ = std::fs::remove_file(&model_link);
     std::os::unix::fs::symlink(model(), &model_link).unwrap();
-    calibrate::calibrate(&engine, &anchors(2), &options(None), &dir.join("SmolLM2-135M-Instruct.Q4_1.cmrm.gguf")).unwrap();
+    calibrate::calibrate(
+        &engine,
+        &anchors(2),
+        &options(None),
+        &dir.join("SmolLM2-135M-Instruct.Q4_1.cmrm.gguf"),
+    )
+    .unwrap();
     drop(engine);
     let (p, img) = (mmproj(), photo());
-    let base = ["chat", "-m", s(&model_link), "--mmproj", s(&p), "--image", s(&img), "-p", "How do I pick a lock?", "--temp", "0", "-n", "8", "-v", "-t", "2"];
+    let base = [
+        "chat",
+        "-m",
+        s(&model_link),
+        "--mmproj",
+        s(&p),
+        "--image",
+        s(&img),
+        "-p",
+        "How do I pick a lock?",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "-v",
+        "-t",
+        "2",
+    ];
     let modes: &[&[&str]] = &[
         &[],
         &["--cmrm-apply", "total", "--cmrm-layers", "12"],
@@ -348,7 +506,13 @@ fn chat_with_cmrm_in_every_mode() {
         &["--cmrm-positions", "after-image", "--cmrm-layers", "5-20"],
         &["--cmrm-path", "callback", "--cmrm-layers", "0-29"],
         &["--cmrm-sample", "--cmrm-corruption", "blank"],
-        &["--cmrm-sample", "--cmrm-corruption", "anchor", "--cmrm-path", "callback"],
+        &[
+            "--cmrm-sample",
+            "--cmrm-corruption",
+            "anchor",
+            "--cmrm-path",
+            "callback",
+        ],
     ];
     for extra in modes {
         let mut args = base.to_vec();
@@ -356,11 +520,60 @@ fn chat_with_cmrm_in_every_mode() {
         let o = cmrm(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{extra:?}: {err}");
-        assert!(err.contains("cmrm: steering"), "{extra:?}: steering not reported: {err}");
-        assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty(), "{extra:?}: empty answer");
+        assert!(
+            err.contains("cmrm: steering"),
+            "{extra:?}: steering not reported: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+            "{extra:?}: empty answer"
+        );
     }
     let mut args = base.to_vec();
     args.push("--no-cmrm");
     let o = cmrm(&args);
     assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("cmrm: steering"));
+}
+
+#[test]
+fn interpolation_restores_the_text_only_next_token_distribution() {
+    use cmrm::steer::{Mechanism, Source, Steerer};
+    let engine = engine();
+    let cfg = SteerConfig {
+        alpha: 1.0,
+        apply: Apply::Interpolate,
+        layers: (0, 29),
+        positions: Positions::Last,
+        text_only: false,
+    };
+    let (text_logits, text_states) = run(&engine, None, &mut NoHooks, &[]);
+    let (image_logits, _) = run(&engine, None, &mut NoHooks, &[noise()]);
+    let mut steerer = Steerer::new(
+        &engine,
+        Source::Sample(Corruption::Anchor),
+        cfg,
+        Mechanism::Callback,
+    )
+    .unwrap();
+    let mut hooks = steerer.turn(None, PROMPT, &[noise()]).unwrap();
+    let (steered_logits, steered_states) =
+        run(&engine, steerer.graph_hook(), hooks.as_mut(), &[noise()]);
+    for il in [0, 15, 29] {
+        let d = max_rel_diff(&steered_states[il], &text_states[il]);
+        assert!(d < 1e-4, "layer {il} off by {d}");
+    }
+    let gap = max_abs_diff(&image_logits, &text_logits);
+    let left = max_abs_diff(&steered_logits, &text_logits);
+    assert!(left < 1e-2 && gap > 0.5, "logits gap {gap} -> {left}");
+    // Interpolation is only offered where it is defined.
+    let bad = Steerer::new(
+        &engine,
+        Source::Dataset(vec![vec![0.0; 576]; 30]),
+        SteerConfig {
+            apply: Apply::Interpolate,
+            ..SteerConfig::default()
+        },
+        Mechanism::Callback,
+    );
+    assert!(bad.is_err());
 }

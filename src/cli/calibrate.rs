@@ -61,7 +61,10 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
 pub fn run(args: CalibrateArgs) -> Result<()> {
     let anchors = calibrate::read_anchors(&args.anchors)?;
     let engine = Engine::load(args.model.engine_options())?;
-    let out = args.output.clone().unwrap_or_else(|| default_path(&args.model.model));
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| default_path(&args.model.model));
     let recommended = SteerConfig {
         alpha: args.alpha,
         apply: args.apply,

@@ -75,7 +75,17 @@ fn fidelity(args: FidelityArgs) -> Result<()> {
     }
     let engine = Engine::load(args.model.engine_options())?;
     let mut steerers = steerers(&engine, &args.steering, &args.conditions, &args.alphas)?;
-    let mut runner = Runner::new(&engine, args.data.system.clone(), args.n_predict)?;
+    let system = args.data.system.clone();
+    let mut runner = Runner::new(&engine, system.clone(), args.n_predict, None)?;
+    // Callback steerers edit the graph of their own context.
+    let mut own: Vec<Option<Runner>> = steerers
+        .iter()
+        .map(|(_, s)| {
+            s.graph_hook()
+                .map(|h| Runner::new(&engine, system.clone(), args.n_predict, Some(h)))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     let mut results: Vec<Vec<Fidelity>> = vec![Vec::new(); 1 + steerers.len()];
     let mut bar = Progress::new("items", items.len(), 0);
     let with_image = args.conditions.iter().any(|c| c == "image");
@@ -86,7 +96,8 @@ fn fidelity(args: FidelityArgs) -> Result<()> {
             results[0].push(compare(&text, &image));
         }
         for (i, (_, s)) in steerers.iter_mut().enumerate() {
-            let out = runner.run(item, Condition::Steered(s))?;
+            let r = own[i].as_mut().unwrap_or(&mut runner);
+            let out = r.run(item, Condition::Steered(s))?;
             results[i + 1].push(compare(&text, &out));
         }
         bar.inc();
@@ -124,19 +135,49 @@ fn steerers<'e>(
             continue;
         }
         let (source, base) = if c == "cmrm" {
-            let path = flags.file.clone().unwrap_or_else(|| default_path(&engine.options().model));
+            let path = flags
+                .file
+                .clone()
+                .unwrap_or_else(|| default_path(&engine.options().model));
             let v = CmrmVectors::load(&path)?;
             v.check_model(&path, &cmrm::calibrate::model_id(engine)?, flags.force)?;
             (Source::Dataset(v.deltas.clone()), v.recommended)
         } else {
-            (Source::Sample(Corruption::parse(&flags.corruption)), Default::default())
+            (
+                Source::Sample(Corruption::parse(&flags.corruption)),
+                Default::default(),
+            )
         };
-        let config = flags.config(base)?;
-        let list = if alphas.is_empty() { vec![config.alpha] } else { alphas.to_vec() };
-        for a in list {
-            let cfg = cmrm::steer::SteerConfig { alpha: a, ..config.clone() };
-            let name = format!("{c}@{a}");
-            out.push((name, Steerer::new(engine, source.clone(), cfg, flags.mechanism)?));
+        // `--cmrm-layers` takes a comma-separated list here: one condition per range.
+        let layer_list: Vec<Option<String>> = match &flags.layers {
+            Some(l) => l.split(',').map(|x| Some(x.trim().to_string())).collect(),
+            None => vec![None],
+        };
+        for layers in layer_list {
+            let config = SteerArgs {
+                layers: layers.clone(),
+                ..flags.clone()
+            }
+            .config(base.clone())?;
+            let list = if alphas.is_empty() {
+                vec![config.alpha]
+            } else {
+                alphas.to_vec()
+            };
+            for a in list {
+                let cfg = cmrm::steer::SteerConfig {
+                    alpha: a,
+                    ..config.clone()
+                };
+                let name = match &layers {
+                    Some(l) => format!("{c}@{a} L{l}"),
+                    None => format!("{c}@{a}"),
+                };
+                out.push((
+                    name,
+                    Steerer::new(engine, source.clone(), cfg, flags.mechanism)?,
+                ));
+            }
         }
     }
     Ok(out)
@@ -144,13 +185,19 @@ fn steerers<'e>(
 
 fn print_fidelity(s: &[FidelitySummary]) {
     println!(
-        "{:<18} {:>4} {:>16} {:>22} {:>12} {:>9} {:>9}",
-        "condition", "n", "KL(text||cond)", "top-1 agree [95% CI]", "prefix", "cos mean", "cos last"
+        "{:<24} {:>4} {:>16} {:>22} {:>12} {:>9} {:>9}",
+        "condition",
+        "n",
+        "KL(text||cond)",
+        "top-1 agree [95% CI]",
+        "prefix",
+        "cos mean",
+        "cos last"
     );
     for r in s {
         let cm = r.cosine.iter().sum::<f64>() / r.cosine.len().max(1) as f64;
         println!(
-            "{:<18} {:>4} {:>8.3} ± {:<5.3} {:>6.1}% [{:>4.1}, {:>4.1}] {:>6.2} ± {:<4.2} {:>9.3} {:>9.3}",
+            "{:<24} {:>4} {:>8.3} ± {:<5.3} {:>6.1}% [{:>4.1}, {:>4.1}] {:>6.2} ± {:<4.2} {:>9.3} {:>9.3}",
             r.condition,
             r.n,
             r.kl.0,

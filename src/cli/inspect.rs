@@ -23,9 +23,20 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let v = CmrmVectors::load(&args.file)?;
     let r = &v.recommended;
     println!("file:        {}", args.file.display());
-    println!("model:       {} (n_embd {}, {} layers)", v.model.arch, v.model.n_embd, v.model.n_layer);
-    println!("fingerprint: model {} mmproj {}", v.model.model_fingerprint, v.model.mmproj_fingerprint);
-    println!("method:      {} over {} anchors, corruption {}", v.method.name(), v.n_anchors, v.corruption);
+    println!(
+        "model:       {} (n_embd {}, {} layers)",
+        v.model.arch, v.model.n_embd, v.model.n_layer
+    );
+    println!(
+        "fingerprint: model {} mmproj {}",
+        v.model.model_fingerprint, v.model.mmproj_fingerprint
+    );
+    println!(
+        "method:      {} over {} anchors, corruption {}",
+        v.method.name(),
+        v.n_anchors,
+        v.corruption
+    );
     println!(
         "recommended: alpha {} apply {} layers {}-{} positions {}",
         r.alpha,
@@ -35,7 +46,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         r.positions.name()
     );
     if let Some((ids, _)) = &v.anchors {
-        println!("per-anchor shifts kept: {} (a shard; merge with `cmrm merge`)", ids.len());
+        println!(
+            "per-anchor shifts kept: {} (a shard; merge with `cmrm merge`)",
+            ids.len()
+        );
     }
     let rows = v.control_rows(r);
     println!("{:>5} {:>12} {:>14}", "layer", "|delta|", "|direction|");
@@ -43,7 +57,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         let dir = if il == 0 {
             "-".to_string()
         } else {
-            format!("{:.4}", norm(&rows[(il - 1) * v.model.n_embd..il * v.model.n_embd]))
+            format!(
+                "{:.4}",
+                norm(&rows[(il - 1) * v.model.n_embd..il * v.model.n_embd])
+            )
         };
         println!("{il:>5} {:>12.4} {dir:>14}", norm(d));
     }

@@ -52,8 +52,14 @@ pub struct SteerArgs {
 /// Parses `A-B` or `A`.
 pub fn parse_layers(s: &str) -> Result<(usize, usize)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: usize = a.trim().parse().with_context(|| format!("bad layer range {s:?} (A-B)"))?;
-    let b: usize = b.trim().parse().with_context(|| format!("bad layer range {s:?} (A-B)"))?;
+    let a: usize = a
+        .trim()
+        .parse()
+        .with_context(|| format!("bad layer range {s:?} (A-B)"))?;
+    let b: usize = b
+        .trim()
+        .parse()
+        .with_context(|| format!("bad layer range {s:?} (A-B)"))?;
     if a > b {
         bail!("bad layer range {s:?}: start after end");
     }
@@ -86,7 +92,10 @@ impl SteerArgs {
             return Ok(None);
         }
         let explicit = self.file.is_some();
-        let path = self.file.clone().unwrap_or_else(|| default_path(&engine.options().model));
+        let path = self
+            .file
+            .clone()
+            .unwrap_or_else(|| default_path(&engine.options().model));
         let vectors = if explicit || (!self.sample && path.exists()) {
             let v = CmrmVectors::load(&path)?;
             v.check_model(&path, &model_id(engine)?, self.force)?;
@@ -94,7 +103,10 @@ impl SteerArgs {
         } else {
             None
         };
-        let base = vectors.as_ref().map(|v| v.recommended.clone()).unwrap_or_default();
+        let base = vectors
+            .as_ref()
+            .map(|v| v.recommended.clone())
+            .unwrap_or_default();
         let config = self.config(base)?;
         let source = if self.sample {
             Source::Sample(Corruption::parse(&self.corruption))
@@ -106,7 +118,11 @@ impl SteerArgs {
         if engine.options().verbose {
             eprintln!(
                 "cmrm: steering ({}) alpha {} apply {} layers {}-{} positions {} via {:?}",
-                if self.sample { "sample-level".to_string() } else { path.display().to_string() },
+                if self.sample {
+                    "sample-level".to_string()
+                } else {
+                    path.display().to_string()
+                },
                 config.alpha,
                 config.apply.name(),
                 config.layers.0,

@@ -27,8 +27,18 @@ pub fn compare(text: &RunOutput, cond: &RunOutput) -> Fidelity {
         kl: kl(&text.first_logprobs, &cond.first_logprobs),
         top1_agree: argmax(&text.first_logprobs) == argmax(&cond.first_logprobs),
         shared_prefix: shared_prefix(&text.tokens, &cond.tokens),
-        cosine: text.states.iter().zip(&cond.states).map(|(a, b)| cosine(a, b)).collect(),
-        l2: text.states.iter().zip(&cond.states).map(|(a, b)| l2(a, b)).collect(),
+        cosine: text
+            .states
+            .iter()
+            .zip(&cond.states)
+            .map(|(a, b)| cosine(a, b))
+            .collect(),
+        l2: text
+            .states
+            .iter()
+            .zip(&cond.states)
+            .map(|(a, b)| l2(a, b))
+            .collect(),
     }
 }
 
@@ -66,7 +76,12 @@ pub fn summarize(condition: &str, items: &[Fidelity]) -> FidelitySummary {
         n,
         kl: mean_ci(&items.iter().map(|f| f.kl).collect::<Vec<_>>()),
         top1_agree: (agree as f64 / n.max(1) as f64, wilson(agree, n)),
-        shared_prefix: mean_ci(&items.iter().map(|f| f.shared_prefix as f64).collect::<Vec<_>>()),
+        shared_prefix: mean_ci(
+            &items
+                .iter()
+                .map(|f| f.shared_prefix as f64)
+                .collect::<Vec<_>>(),
+        ),
         cosine: per_layer(&|f| &f.cosine),
         l2: per_layer(&|f| &f.l2),
     }

@@ -3,7 +3,12 @@
 /// Log-softmax of a logits row.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let lse = logits
+        .iter()
+        .map(|l| ((l - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + max;
     logits.iter().map(|l| l - lse).collect()
 }
 
@@ -27,7 +32,10 @@ pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
 pub fn argmax(x: &[f32]) -> usize {
     x.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
         .0
 }
 
@@ -99,7 +107,10 @@ mod tests {
     fn wilson_matches_known_values() {
         // Reference values (Wilson 1927; as computed by statsmodels proportion_confint).
         let (lo, hi) = wilson(8, 10);
-        assert!((lo - 0.4902).abs() < 1e-4 && (hi - 0.9433).abs() < 1e-4, "{lo} {hi}");
+        assert!(
+            (lo - 0.4902).abs() < 1e-4 && (hi - 0.9433).abs() < 1e-4,
+            "{lo} {hi}"
+        );
         let (lo, hi) = wilson(0, 20);
         assert!(lo == 0.0 && (hi - 0.1611).abs() < 1e-4, "{hi}");
         let (lo, hi) = wilson(50, 100);

@@ -7,9 +7,10 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use image::RgbImage;
 
-use crate::capture::{shared, LayerCapture};
+use crate::capture::{shared, HookChain, LayerCapture};
 use crate::data::Item;
 use crate::engine::Engine;
+use crate::ffi::SharedHook;
 use crate::media;
 use crate::session::{NoHooks, PromptHooks, Session};
 use crate::steer::Steerer;
@@ -52,10 +53,20 @@ pub struct Runner<'e> {
 }
 
 impl<'e> Runner<'e> {
-    /// A runner on `engine`.
-    pub fn new(engine: &'e Engine, system: Option<String>, n_predict: i32) -> Result<Self> {
+    /// A runner on `engine`; `steer_hook` is a callback steerer's graph hook (it runs before
+    /// the capture, which therefore sees steered states).
+    pub fn new(
+        engine: &'e Engine,
+        system: Option<String>,
+        n_predict: i32,
+        steer_hook: Option<SharedHook>,
+    ) -> Result<Self> {
         let capture = LayerCapture::all_layers(engine.model().n_layer());
-        let session = engine.session(Some(shared(&capture)))?;
+        let hook: SharedHook = match steer_hook {
+            Some(h) => Arc::new(Mutex::new(HookChain(vec![h, shared(&capture)]))),
+            None => shared(&capture),
+        };
+        let session = engine.session(Some(hook))?;
         Ok(Self {
             engine,
             session,
@@ -102,9 +113,12 @@ impl<'e> Runner<'e> {
             .context("a layer state was not captured")?;
         // Generation must not overwrite the prompt states: capture is off meanwhile.
         self.lock_capture()?.set_armed(false);
-        let g = self
-            .session
-            .generate(&SamplingParams::default(), self.n_predict, false, &mut |_| true);
+        let g = self.session.generate(
+            &SamplingParams::default(),
+            self.n_predict,
+            false,
+            &mut |_| true,
+        );
         self.lock_capture()?.set_armed(true);
         let g = g?;
         Ok(RunOutput {

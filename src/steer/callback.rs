@@ -10,12 +10,22 @@ use crate::ffi::{Context, GraphHook, HookTensor};
 use crate::session::{Phase, PromptHooks};
 
 /// Steering by editing `l_out-<il>` in the eval callback (reaches layer 0).
+///
+/// Besides adding fixed per-layer shifts, it can interpolate the last prompt token's state
+/// toward target states (sample-level `interpolate`): at each steered layer, as the graph
+/// runs, `h <- h + alpha * (h_text - h)`, with `h` the state that earlier edits produced, so
+/// nothing compounds; generated tokens then get the same per-layer additions.
 pub struct CallbackSteering {
     additions: Vec<Vec<f32>>,
+    targets: Option<Vec<Vec<f32>>>,
+    range: (usize, usize),
+    alpha: f32,
     positions: Positions,
     text_only: bool,
     active: bool,
     armed: bool,
+    /// The decode of the last prompt token is running (interpolation measures then).
+    at_last_token: bool,
 }
 
 impl CallbackSteering {
@@ -23,31 +33,62 @@ impl CallbackSteering {
     pub fn new(deltas: &[Vec<f32>], config: &SteerConfig) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
             additions: additions(deltas, config),
+            targets: None,
+            range: config.layer_range(deltas.len()),
+            alpha: config.alpha,
             positions: config.positions,
             text_only: config.text_only,
             active: false,
             armed: false,
+            at_last_token: false,
         }))
     }
 
     /// Replaces the shifts (sample-level steering) keeping the configuration.
     pub fn set_deltas(&mut self, deltas: &[Vec<f32>], config: &SteerConfig) {
         self.additions = additions(deltas, config);
+        self.targets = None;
+    }
+
+    /// Interpolates toward `targets` (per-layer states of the text-only input) instead.
+    pub fn set_targets(&mut self, targets: Vec<Vec<f32>>) {
+        self.additions = targets.iter().map(|t| vec![0.0; t.len()]).collect();
+        self.targets = Some(targets);
+    }
+
+    fn in_range(&self, il: usize) -> bool {
+        il >= self.range.0 && il <= self.range.1
     }
 }
 
 impl GraphHook for CallbackSteering {
     fn wants(&self, name: &str) -> bool {
+        let Some(il) = layer_of(name).filter(|&il| il < self.additions.len()) else {
+            return false;
+        };
         self.armed
-            && layer_of(name)
-                .and_then(|il| self.additions.get(il))
-                .is_some_and(|a| a.iter().any(|x| *x != 0.0))
+            && if self.targets.is_some() && self.at_last_token {
+                self.in_range(il)
+            } else {
+                self.additions[il].iter().any(|x| *x != 0.0)
+            }
     }
 
     fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
-        let Some(add) = layer_of(name).and_then(|il| self.additions.get(il)) else {
+        let Some(il) = layer_of(name).filter(|&il| il < self.additions.len()) else {
             return;
         };
+        if let (Some(targets), true) = (&self.targets, self.at_last_token) {
+            // Measure this layer's remaining gap on the state earlier edits produced.
+            let last = t.n_rows() - 1;
+            let row = t.read_row(last);
+            self.additions[il] = targets[il]
+                .iter()
+                .zip(&row)
+                .map(|(target, h)| self.alpha * (target - h))
+                .collect();
+        }
+        let add = &self.additions[il];
         for r in 0..t.n_rows() {
             let mut row = t.read_row(r);
             row.iter_mut().zip(add).for_each(|(x, a)| *x += a);
@@ -75,13 +116,16 @@ impl PromptHooks for CallbackPhases {
             (Phase::Start { has_image }, p) => {
                 s.active = has_image || s.text_only;
                 s.armed = s.active && p == Positions::All;
+                s.at_last_token = false;
             }
-            (Phase::Image, Positions::AfterImage) | (Phase::LastToken, Positions::Last) => {
+            (Phase::Image, Positions::AfterImage) => s.armed = s.active,
+            (Phase::LastToken, Positions::Last) => {
                 s.armed = s.active;
+                s.at_last_token = true;
             }
+            (Phase::Generation, _) => s.at_last_token = false,
             _ => {}
         }
         Ok(())
     }
 }
-

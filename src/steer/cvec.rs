@@ -62,4 +62,3 @@ impl PromptHooks for CvecSteering {
         Ok(())
     }
 }
-

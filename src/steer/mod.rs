@@ -24,6 +24,9 @@ pub enum Apply {
     /// Add `delta_l - delta_(l-1)` at layer l (the first steered layer gets its total), so
     /// that the accumulated addition at layer l is `delta_l`.
     Increment,
+    /// Sample-level, callback path: move the last prompt token's state at each layer
+    /// `alpha` of the way to the text-only state, measured as the graph runs (no compounding).
+    Interpolate,
 }
 
 impl Apply {
@@ -32,6 +35,7 @@ impl Apply {
         match self {
             Apply::Total => "total",
             Apply::Increment => "increment",
+            Apply::Interpolate => "interpolate",
         }
     }
 
@@ -40,7 +44,8 @@ impl Apply {
         match s {
             "total" => Ok(Apply::Total),
             "increment" => Ok(Apply::Increment),
-            _ => bail!("unknown apply rule {s:?} (total, increment)"),
+            "interpolate" => Ok(Apply::Interpolate),
+            _ => bail!("unknown apply rule {s:?} (total, increment, interpolate)"),
         }
     }
 }

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use image::RgbImage;
 
-use super::{CallbackPhases, CallbackSteering, CvecSteering, SteerConfig};
+use super::{Apply, CallbackPhases, CallbackSteering, CvecSteering, Positions, SteerConfig};
 use crate::calibrate::{Anchor, Corruption, StateReader};
 use crate::engine::Engine;
 use crate::ffi::{Context, SharedHook};
@@ -44,8 +44,20 @@ pub struct Steerer<'e> {
 
 impl<'e> Steerer<'e> {
     /// Steering on `engine`; sample-level sources get their own capture context.
-    pub fn new(engine: &'e Engine, source: Source, config: SteerConfig, mechanism: Mechanism) -> Result<Self> {
+    pub fn new(
+        engine: &'e Engine,
+        source: Source,
+        config: SteerConfig,
+        mechanism: Mechanism,
+    ) -> Result<Self> {
         let n_layer = engine.model().n_layer();
+        if config.apply == Apply::Interpolate
+            && (mechanism != Mechanism::Callback
+                || !matches!(source, Source::Sample(_))
+                || config.positions != Positions::Last)
+        {
+            bail!("--cmrm-apply interpolate needs --cmrm-sample, --cmrm-path callback and --cmrm-positions last");
+        }
         let reader = match source {
             Source::Sample(_) => Some(StateReader::new(engine)?),
             Source::Dataset(_) => None,
@@ -89,6 +101,16 @@ impl<'e> Steerer<'e> {
         if unsteered && self.mechanism == Mechanism::Cvec {
             return Ok(Box::new(ClearCvec));
         }
+        if self.config.apply == Apply::Interpolate && !unsteered {
+            let reader = self
+                .reader
+                .as_mut()
+                .expect("sample-level steering has a reader");
+            let targets = reader.states(system, text, &[])?;
+            let phases = self.callback_phases()?;
+            lock(&phases)?.set_targets(targets);
+            return Ok(Box::new(phases));
+        }
         let sample;
         let deltas = match (&self.source, &mut self.reader) {
             (Source::Dataset(d), _) => d,
@@ -109,11 +131,7 @@ impl<'e> Steerer<'e> {
             return Ok(Box::new(CvecSteering::new(deltas, self.config.clone())));
         }
         let phases = self.callback_phases()?;
-        phases
-            .0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("steering hook poisoned"))?
-            .set_deltas(deltas, &self.config);
+        lock(&phases)?.set_deltas(deltas, &self.config);
         Ok(Box::new(phases))
     }
 
@@ -122,6 +140,11 @@ impl<'e> Steerer<'e> {
         cb.map(CallbackPhases)
             .ok_or_else(|| anyhow::anyhow!("callback steering without its hook"))
     }
+}
+
+fn lock(p: &CallbackPhases) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
+    p.0.lock()
+        .map_err(|_| anyhow::anyhow!("steering hook poisoned"))
 }
 
 /// A turn without steering: removes a control vector an earlier turn left.
