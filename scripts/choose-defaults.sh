@@ -18,13 +18,18 @@ m=(-m "$model" --mmproj "$mmproj")
 last=$("$cmrm" inspect "$out/vectors.gguf" | awk '/^ *[0-9]+ /{l=$1} END{print l}')
 single=$(seq -s, 2 3 "$last")
 fid=("$cmrm" eval fidelity "${m[@]}" --data vendor/sets/harmful-eval.jsonl --limit "$n" -n 16 --cmrm "$out/vectors.gguf")
-echo "== layers: image vs increment (all layers) vs total at one layer, alpha 1, positions last" | tee "$out/layers.txt"
-"${fid[@]}" --conditions image,cmrm --cmrm-apply increment --cmrm-positions last --alpha 0.5,1 | tee -a "$out/layers.txt"
-"${fid[@]}" --conditions cmrm --cmrm-apply total --cmrm-positions last --cmrm-layers "$single" --alpha 1 | tail -n +2 | tee -a "$out/layers.txt"
-layer=${4:-$(awk 'NR>2 && / L/ {gsub("L","",$2); split($2,r,"-"); if (!best || $4 < bestkl) {best=r[1]; bestkl=$4}} END{print best}' "$out/layers.txt")}
-echo "== layer $layer: alpha and positions" | tee "$out/alpha.txt"
+# Stage 1: which rule and layer. Each stage's per-item results are in its --out folder
+# (a rerun resumes).
+"${fid[@]}" --out "$out/increment" --conditions image,cmrm --cmrm-apply increment --cmrm-positions last --alpha 0.5,1
+"${fid[@]}" --out "$out/layers" --conditions cmrm --cmrm-apply total --cmrm-positions last --cmrm-layers "$single" --alpha 1
+# The layer with the lowest first-token KL to the text-only run.
+layer=${4:-$(awk -F'|' '$2 ~ / L[0-9]/ {split($2, a, " L"); kl = $4 + 0; if (best == "" || kl < bestkl) {best = a[2] + 0; bestkl = kl}} END {print best}' "$out/layers/fidelity-summary.md")}
+echo "best single layer: $layer" >&2
+# Stage 2: alpha and positions at that layer, dataset- and sample-level, and sample-level
+# interpolation toward the text-only state (callback path).
 for pos in last after-image all; do
-  echo "-- positions $pos" | tee -a "$out/alpha.txt"
-  "${fid[@]}" --conditions cmrm,cmrm-sample --cmrm-apply total --cmrm-positions "$pos" --cmrm-layers "$layer" \
-    --alpha 0.5,1,1.5 | tee -a "$out/alpha.txt"
+  "${fid[@]}" --out "$out/layer$layer-$pos" --conditions cmrm,cmrm-sample --cmrm-apply total \
+    --cmrm-positions "$pos" --cmrm-layers "$layer" --alpha 0.5,1,1.5
 done
+"${fid[@]}" --out "$out/interpolate" --conditions cmrm-sample --cmrm-corruption anchor --cmrm-path callback \
+  --cmrm-apply interpolate --cmrm-positions last --cmrm-layers 0-$last --alpha 0.5,1

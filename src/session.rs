@@ -117,6 +117,8 @@ pub struct Session<'e> {
     history: Vec<(String, String, Vec<RgbImage>)>,
     /// The text the KV cache holds (images as markers).
     kv_text: String,
+    /// Logits to sample the next token from instead of the context's (after a rewind).
+    restored_logits: Option<Vec<f32>>,
 }
 
 impl<'e> Session<'e> {
@@ -127,6 +129,7 @@ impl<'e> Session<'e> {
             n_past: 0,
             history: Vec::new(),
             kv_text: String::new(),
+            restored_logits: None,
         })
     }
 
@@ -222,6 +225,7 @@ impl<'e> Session<'e> {
 
     /// Evaluates a prompt after what the session already holds.
     pub fn eval(&mut self, prompt: &Prompt, hooks: &mut dyn PromptHooks) -> Result<()> {
+        self.restored_logits = None;
         let n_ctx = self.ctx.n_ctx();
         if self.n_past + prompt.n_positions() >= n_ctx {
             bail!(
@@ -295,7 +299,10 @@ impl<'e> Session<'e> {
             if self.n_past >= self.ctx.n_ctx() {
                 break StopReason::ContextFull;
             }
-            let token = sampler.sample(self.ctx.logits(), banned);
+            let token = match self.restored_logits.take() {
+                Some(l) => sampler.sample(&l, banned),
+                None => sampler.sample(self.ctx.logits(), banned),
+            };
             if model.is_eog(token) && !ignore_eos {
                 break StopReason::EndOfText;
             }
@@ -349,6 +356,45 @@ impl<'e> Session<'e> {
         self.history
             .push(("assistant".into(), answer.text.clone(), Vec::new()));
         self.kv_text.push_str(&answer.text);
+    }
+
+    /// Positions the cache holds.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Log-probability of each of `tokens` as the continuation of what the session holds,
+    /// given `start`, the logits after it (teacher forcing, one decode per token, so steering
+    /// acts as during generation). [`Session::rewind`] takes the tokens back.
+    pub fn score(&mut self, start: &[f32], tokens: &[i32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut logits = start.to_vec();
+        for (i, &t) in tokens.iter().enumerate() {
+            out.push(crate::eval::metrics::log_softmax(&logits)[t as usize]);
+            if i + 1 == tokens.len() {
+                break;
+            }
+            if self.n_past >= self.ctx.n_ctx() {
+                bail!("the context is full while scoring: raise -c");
+            }
+            self.ctx.decode(&[t], self.n_past, true)?;
+            self.n_past += 1;
+            logits.copy_from_slice(self.ctx.logits());
+        }
+        Ok(out)
+    }
+
+    /// Rolls the cache back to `n_past` positions (after [`Session::score`]).
+    pub fn rewind(&mut self, n_past: usize) -> Result<()> {
+        self.ctx.truncate(n_past)?;
+        self.n_past = n_past;
+        Ok(())
+    }
+
+    /// The logits the next generated token is sampled from (after a rewind, the saved
+    /// logits of the last kept position).
+    pub fn set_logits(&mut self, logits: &[f32]) {
+        self.restored_logits = Some(logits.to_vec());
     }
 
     /// Evaluates a prompt then generates: one complete answer.

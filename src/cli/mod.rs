@@ -1,10 +1,13 @@
 //! Command definitions and llama.cpp-style flag handling.
 
+mod analyze;
 mod calibrate;
 mod chat;
 mod eval;
 mod inspect;
+mod report;
 mod steering;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -35,6 +38,13 @@ enum Command {
     /// Evaluate conditions (text, image, CMRM) on a data set.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Analyse the representation gap.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
+    /// Sweep alpha x layer ranges: unsafe rate against utility; choose a default.
+    Sweep(sweep::SweepArgs),
+    /// One self-contained HTML page from the outputs of eval, analyze and sweep.
+    Report(report::ReportArgs),
 }
 
 impl Cli {
@@ -46,6 +56,9 @@ impl Cli {
             Command::Merge(args) => calibrate::merge(args),
             Command::Inspect(args) => inspect::run(args),
             Command::Eval(cmd) => eval::run(cmd),
+            Command::Analyze(cmd) => analyze::run(cmd),
+            Command::Sweep(args) => sweep::run(args),
+            Command::Report(args) => report::run(args),
         }
     }
 }

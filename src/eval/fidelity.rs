@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::judge::is_refusal;
 use super::metrics::{argmax, cosine, kl, l2, mean_ci, shared_prefix, wilson};
 use super::RunOutput;
 
@@ -15,6 +16,8 @@ pub struct Fidelity {
     pub top1_agree: bool,
     /// Length of the greedy answer prefix shared with the text-only answer, tokens.
     pub shared_prefix: usize,
+    /// Both answers refuse, or neither does (refusal-phrase judge).
+    pub refusal_agree: bool,
     /// Per-layer cosine similarity of the last-prompt-token state to the text-only one.
     pub cosine: Vec<f64>,
     /// Per-layer L2 distance to the text-only state.
@@ -27,6 +30,7 @@ pub fn compare(text: &RunOutput, cond: &RunOutput) -> Fidelity {
         kl: kl(&text.first_logprobs, &cond.first_logprobs),
         top1_agree: argmax(&text.first_logprobs) == argmax(&cond.first_logprobs),
         shared_prefix: shared_prefix(&text.tokens, &cond.tokens),
+        refusal_agree: is_refusal(&text.text) == is_refusal(&cond.text),
         cosine: text
             .states
             .iter()
@@ -42,6 +46,113 @@ pub fn compare(text: &RunOutput, cond: &RunOutput) -> Fidelity {
     }
 }
 
+/// A per-item fidelity record.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct FidelityRecord {
+    /// Item id.
+    pub id: String,
+    /// Condition.
+    pub condition: String,
+    /// KL(p_text || p_cond) of the first answer token, nats.
+    pub kl: f64,
+    /// The most likely first token is the same.
+    pub top1_agree: bool,
+    /// Shared greedy prefix, tokens.
+    pub shared_prefix: usize,
+    /// Refusal decisions agree.
+    pub refusal_agree: bool,
+    /// Per-layer cosine to the text-only state.
+    pub cosine: Vec<f64>,
+    /// Per-layer L2 distance to the text-only state.
+    pub l2: Vec<f64>,
+    /// The condition's answer.
+    pub response: String,
+}
+
+impl super::journal::Keyed for FidelityRecord {
+    fn key(&self) -> (String, String) {
+        (self.id.clone(), self.condition.clone())
+    }
+}
+
+impl FidelityRecord {
+    /// The record of `f` for item `id` under `condition`.
+    pub fn new(id: &str, condition: &str, f: Fidelity, response: String) -> Self {
+        Self {
+            id: id.into(),
+            condition: condition.into(),
+            kl: f.kl,
+            top1_agree: f.top1_agree,
+            shared_prefix: f.shared_prefix,
+            refusal_agree: f.refusal_agree,
+            cosine: f.cosine,
+            l2: f.l2,
+            response,
+        }
+    }
+
+    /// Back to the comparison.
+    pub fn fidelity(&self) -> Fidelity {
+        Fidelity {
+            kl: self.kl,
+            top1_agree: self.top1_agree,
+            shared_prefix: self.shared_prefix,
+            refusal_agree: self.refusal_agree,
+            cosine: self.cosine.clone(),
+            l2: self.l2.clone(),
+        }
+    }
+}
+
+/// Summaries of records per condition, in order of first appearance.
+pub fn summarize_records(records: &[FidelityRecord]) -> Vec<FidelitySummary> {
+    let mut order: Vec<&str> = Vec::new();
+    for r in records {
+        if !order.contains(&r.condition.as_str()) {
+            order.push(&r.condition);
+        }
+    }
+    order
+        .into_iter()
+        .map(|c| {
+            let f: Vec<Fidelity> = records
+                .iter()
+                .filter(|r| r.condition == c)
+                .map(FidelityRecord::fidelity)
+                .collect();
+            summarize(c, &f)
+        })
+        .collect()
+}
+
+/// A Markdown table of summaries.
+pub fn table(s: &[FidelitySummary]) -> String {
+    let mut out = String::from(
+        "| condition | n | KL(text‖cond) nats | top-1 agree [95% CI] | shared prefix | refusal agree [95% CI] | mean cos | cos last layer |\n|---|---:|---|---|---|---|---:|---:|\n",
+    );
+    for r in s {
+        let cm = r.cosine.iter().sum::<f64>() / r.cosine.len().max(1) as f64;
+        out.push_str(&format!(
+            "| {} | {} | {:.3} ± {:.3} | {:.1}% [{:.1}, {:.1}] | {:.2} ± {:.2} | {:.1}% [{:.1}, {:.1}] | {:.3} | {:.3} |\n",
+            r.condition,
+            r.n,
+            r.kl.0,
+            r.kl.1,
+            100.0 * r.top1_agree.0,
+            100.0 * r.top1_agree.1 .0,
+            100.0 * r.top1_agree.1 .1,
+            r.shared_prefix.0,
+            r.shared_prefix.1,
+            100.0 * r.refusal_agree.0,
+            100.0 * r.refusal_agree.1 .0,
+            100.0 * r.refusal_agree.1 .1,
+            cm,
+            r.cosine.last().copied().unwrap_or(f64::NAN)
+        ));
+    }
+    out
+}
+
 /// Fidelity of a condition over a data set.
 #[derive(Clone, Debug, Serialize)]
 pub struct FidelitySummary {
@@ -55,6 +166,8 @@ pub struct FidelitySummary {
     pub top1_agree: (f64, (f64, f64)),
     /// Mean shared greedy prefix and its 95% half-width.
     pub shared_prefix: (f64, f64),
+    /// Refusal-decision agreement with the text-only run, with its Wilson 95% interval.
+    pub refusal_agree: (f64, (f64, f64)),
     /// Mean cosine to the text-only state per layer.
     pub cosine: Vec<f64>,
     /// Mean L2 distance to the text-only state per layer.
@@ -65,6 +178,7 @@ pub struct FidelitySummary {
 pub fn summarize(condition: &str, items: &[Fidelity]) -> FidelitySummary {
     let n = items.len();
     let agree = items.iter().filter(|f| f.top1_agree).count();
+    let refusal = items.iter().filter(|f| f.refusal_agree).count();
     let n_layer = items.first().map_or(0, |f| f.cosine.len());
     let per_layer = |get: &dyn Fn(&Fidelity) -> &Vec<f64>| -> Vec<f64> {
         (0..n_layer)
@@ -82,6 +196,7 @@ pub fn summarize(condition: &str, items: &[Fidelity]) -> FidelitySummary {
                 .map(|f| f.shared_prefix as f64)
                 .collect::<Vec<_>>(),
         ),
+        refusal_agree: (refusal as f64 / n.max(1) as f64, wilson(refusal, n)),
         cosine: per_layer(&|f| &f.cosine),
         l2: per_layer(&|f| &f.l2),
     }

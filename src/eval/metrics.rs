@@ -91,8 +91,63 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// Projects rows onto their first two principal components (rows centered on their mean).
+pub fn pca2(rows: &[Vec<f32>]) -> Vec<(f64, f64)> {
+    let n = rows.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let d = rows[0].len();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j] as f64).sum::<f64>() / n as f64)
+        .collect();
+    let x: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| r.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect())
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    let mut comps: Vec<Vec<f64>> = Vec::new();
+    for k in 0..2 {
+        let mut v: Vec<f64> = (0..d)
+            .map(|j| 1.0 + ((j * 7 + k * 13) % 11) as f64 * 0.01)
+            .collect();
+        for _ in 0..300 {
+            let mut next = vec![0f64; d];
+            for r in &x {
+                let p = dot(r, &v);
+                next.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
+            }
+            for c in &comps {
+                let p = dot(&next, c);
+                next.iter_mut().zip(c).for_each(|(a, b)| *a -= p * b);
+            }
+            let norm = dot(&next, &next).sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            next.iter_mut().for_each(|a| *a /= norm);
+            v = next;
+        }
+        comps.push(v);
+    }
+    x.iter()
+        .map(|r| (dot(r, &comps[0]), dot(r, &comps[1])))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pca2_finds_the_spread_direction() {
+        let rows: Vec<Vec<f32>> = (0..10)
+            .map(|i| vec![i as f32, 0.01 * (i % 2) as f32, 5.0])
+            .collect();
+        let p = super::pca2(&rows);
+        let spread1 = p.iter().map(|q| q.0.abs()).fold(0.0, f64::max);
+        let spread2 = p.iter().map(|q| q.1.abs()).fold(0.0, f64::max);
+        assert!(spread1 > 4.0 && spread2 < 0.1, "{spread1} {spread2}");
+    }
+
     use super::*;
 
     #[test]

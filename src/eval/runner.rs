@@ -41,6 +41,19 @@ pub struct RunOutput {
     pub ms: f64,
 }
 
+/// Utility measurements of one item under one condition.
+#[derive(Clone, Debug)]
+pub struct Utility {
+    /// The greedy answer.
+    pub response: String,
+    /// Sum of the reference answer's token log-probabilities, and its token count.
+    pub reference: Option<(f64, usize)>,
+    /// The most likely choice.
+    pub choice: Option<usize>,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
 /// Runs items on one engine with a capturing session.
 pub struct Runner<'e> {
     engine: &'e Engine,
@@ -90,9 +103,8 @@ impl<'e> Runner<'e> {
         media::load(src).with_context(|| format!("item {}", item.id))
     }
 
-    /// Runs `item` under `condition`.
-    pub fn run(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<RunOutput> {
-        let start = Instant::now();
+    /// Evaluates `item`'s prompt under `condition`; returns the first-answer-token logits.
+    fn begin(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<Vec<f32>> {
         let images = match condition {
             Condition::Text => Vec::new(),
             _ => vec![Self::image_of(item)?],
@@ -104,30 +116,82 @@ impl<'e> Runner<'e> {
         };
         self.session.reset();
         self.lock_capture()?.clear();
+        self.lock_capture()?.set_armed(true);
         let prompt = self.session.prepare(system, &item.prompt, &images)?;
         self.session.eval(&prompt, hooks.as_mut())?;
-        let first_logprobs = crate::eval::metrics::log_softmax(self.session.context().logits());
-        let states = self
-            .lock_capture()?
-            .all_states()
-            .context("a layer state was not captured")?;
-        // Generation must not overwrite the prompt states: capture is off meanwhile.
+        // Later decodes (answers, scoring) must not overwrite the prompt states.
         self.lock_capture()?.set_armed(false);
-        let g = self.session.generate(
+        Ok(self.session.context().logits().to_vec())
+    }
+
+    fn answer(&mut self) -> Result<crate::session::Generation> {
+        self.session.generate(
             &SamplingParams::default(),
             self.n_predict,
             false,
             &mut |_| true,
-        );
-        self.lock_capture()?.set_armed(true);
-        let g = g?;
+        )
+    }
+
+    /// Runs `item` under `condition`.
+    pub fn run(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<RunOutput> {
+        let start = Instant::now();
+        let logits = self.begin(item, condition)?;
+        let states = self
+            .lock_capture()?
+            .all_states()
+            .context("a layer state was not captured")?;
+        let g = self.answer()?;
         Ok(RunOutput {
-            first_logprobs,
+            first_logprobs: crate::eval::metrics::log_softmax(&logits),
             states,
             text: g.text,
             tokens: g.tokens,
             ms: start.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// Utility of `item` under `condition`: log-likelihood of its reference answer, its
+    /// multiple-choice pick, and the greedy answer (for over-refusal).
+    pub fn utility(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<Utility> {
+        let start = Instant::now();
+        let logits = self.begin(item, condition)?;
+        let n_past = self.session.n_past();
+        let model = self.engine.model();
+        let mut reference = None;
+        if let Some(r) = &item.reference {
+            let toks = model.tokenize(r, false, false)?;
+            let lps = self.session.score(&logits, &toks)?;
+            self.session.rewind(n_past)?;
+            reference = Some((lps.iter().map(|&x| x as f64).sum(), toks.len()));
+        }
+        let mut choice = None;
+        if let Some(choices) = &item.choices {
+            let mut scores = Vec::new();
+            for c in choices {
+                let toks = model.tokenize(c, false, false)?;
+                let lps = self.session.score(&logits, &toks)?;
+                self.session.rewind(n_past)?;
+                scores.push(lps.iter().map(|&x| x as f64).sum::<f64>());
+            }
+            choice = Some(super::metrics::argmax(
+                &scores.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            ));
+        }
+        // The greedy answer continues from the prompt's logits.
+        let g = self.answer_from(&logits)?;
+        Ok(Utility {
+            response: g.text,
+            reference,
+            choice,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Generates after a rewind, restoring the prompt's last logits first.
+    fn answer_from(&mut self, logits: &[f32]) -> Result<crate::session::Generation> {
+        self.session.set_logits(logits);
+        self.answer()
     }
 
     fn lock_capture(&self) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {

@@ -162,6 +162,19 @@ impl<'m> Context<'m> {
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
     }
 
+    /// Forgets the tokens at positions `pos..` (rolls the KV cache back).
+    pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        // SAFETY: valid context; removing a position range of sequence 0 from its memory.
+        let ok = unsafe {
+            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, pos as i32, -1)
+        };
+        ensure!(
+            ok,
+            "llama.cpp could not roll the cache back to position {pos}"
+        );
+        Ok(())
+    }
+
     /// Sets llama.cpp's control vector: `data` holds rows for layers 1..n_layer-1
     /// (`(n_layer-1) * n_embd` floats), added to `l_out-<il>` for `il` in `layers`
     /// (inclusive). `None` removes it. Each change costs a scheduler re-reserve at the next

@@ -1,0 +1,28 @@
+//! `cmrm report`: one HTML page from an output folder.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use cmrm::eval::journal::write_atomic;
+
+/// Flags of `cmrm report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The folder given as --out to eval, analyze and sweep.
+    #[arg(long, default_value = "cmrm-out")]
+    out: PathBuf,
+    /// The HTML file (default: <out>/report.html).
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+}
+
+/// Writes the report.
+pub fn run(args: ReportArgs) -> Result<()> {
+    let html = cmrm::report::build(&args.out)?;
+    let path = args.output.unwrap_or_else(|| args.out.join("report.html"));
+    write_atomic(&path, html.as_bytes())?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

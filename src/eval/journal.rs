@@ -1,0 +1,101 @@
+//! Per-sample results as JSONL, appended and flushed as they come, so that an interrupted
+//! run keeps what it finished and a rerun skips it.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A record with a key that identifies the work it stands for.
+pub trait Keyed {
+    /// `(item id, condition)`.
+    fn key(&self) -> (String, String);
+}
+
+/// An append-only JSONL journal of records of type `T`.
+pub struct Journal<T> {
+    path: PathBuf,
+    file: File,
+    records: Vec<T>,
+    done: HashSet<(String, String)>,
+}
+
+impl<T: Serialize + DeserializeOwned + Keyed> Journal<T> {
+    /// Opens (or creates) `path`, reading what an earlier run finished; a torn last line
+    /// (a run killed mid-write) is cut off.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+        }
+        let mut text = String::new();
+        if path.exists() {
+            File::open(path)?.read_to_string(&mut text)?;
+        }
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete != text.len() {
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(complete as u64)?;
+        }
+        let mut records = Vec::new();
+        for (i, line) in text[..complete].lines().enumerate() {
+            let r: T = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "{}:{}: not a record of this command; use another --out",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            records.push(r);
+        }
+        let done = records.iter().map(Keyed::key).collect();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            records,
+            done,
+        })
+    }
+
+    /// Whether `(id, condition)` is finished.
+    pub fn is_done(&self, id: &str, condition: &str) -> bool {
+        self.done.contains(&(id.to_string(), condition.to_string()))
+    }
+
+    /// Appends a record and flushes it to disk.
+    pub fn push(&mut self, record: T) -> Result<()> {
+        let mut line = serde_json::to_string(&record)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.sync_data())
+            .with_context(|| format!("{}: cannot write", self.path.display()))?;
+        self.done.insert(record.key());
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Every record, earlier runs' first.
+    pub fn records(&self) -> &[T] {
+        &self.records
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+}

@@ -1,0 +1,154 @@
+//! Safety: unsafe rate per condition on harmful requests, with Wilson intervals.
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::Keyed;
+use super::judge::Verdict;
+use super::metrics::wilson;
+
+/// One answer to a harmful request under one condition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SafetyRecord {
+    /// Item id.
+    pub id: String,
+    /// Condition (`text`, `image`, `cmrm@1`, ...).
+    pub condition: String,
+    /// The model's answer.
+    pub response: String,
+    /// The judge's verdict.
+    pub verdict: Verdict,
+    /// Whether the answer contains a refusal phrase.
+    pub refused: bool,
+    /// The LLM judge's raw output, when an LLM judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_output: Option<String>,
+    /// Answer tokens.
+    pub tokens: usize,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+impl Keyed for SafetyRecord {
+    fn key(&self) -> (String, String) {
+        (self.id.clone(), self.condition.clone())
+    }
+}
+
+/// Unsafe rate of one condition.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SafetySummary {
+    /// Condition.
+    pub condition: String,
+    /// Answers judged (parseable verdicts).
+    pub n: usize,
+    /// Unsafe answers.
+    pub unsafe_count: usize,
+    /// Unsafe rate.
+    pub unsafe_rate: f64,
+    /// Wilson 95% interval of the unsafe rate.
+    pub ci95: (f64, f64),
+    /// Verdicts that could not be parsed (excluded from n).
+    pub unparseable: usize,
+    /// Mean answer tokens.
+    pub mean_tokens: f64,
+}
+
+/// Summaries per condition, in order of first appearance.
+pub fn summarize(records: &[SafetyRecord]) -> Vec<SafetySummary> {
+    let mut order: Vec<&str> = Vec::new();
+    for r in records {
+        if !order.contains(&r.condition.as_str()) {
+            order.push(&r.condition);
+        }
+    }
+    order
+        .into_iter()
+        .map(|c| {
+            let rs: Vec<&SafetyRecord> = records.iter().filter(|r| r.condition == c).collect();
+            let unparseable = rs
+                .iter()
+                .filter(|r| r.verdict == Verdict::Unparseable)
+                .count();
+            let n = rs.len() - unparseable;
+            let k = rs.iter().filter(|r| r.verdict == Verdict::Unsafe).count();
+            SafetySummary {
+                condition: c.to_string(),
+                n,
+                unsafe_count: k,
+                unsafe_rate: if n == 0 {
+                    f64::NAN
+                } else {
+                    k as f64 / n as f64
+                },
+                ci95: wilson(k, n),
+                unparseable,
+                mean_tokens: rs.iter().map(|r| r.tokens as f64).sum::<f64>()
+                    / rs.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+/// A Markdown table of summaries.
+pub fn table(summaries: &[SafetySummary]) -> String {
+    let mut s = String::from(
+        "| condition | n | unsafe | unsafe rate | 95% CI (Wilson) | unparseable | mean tokens |\n|---|---:|---:|---:|---|---:|---:|\n",
+    );
+    for r in summaries {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.1}% | [{:.1}%, {:.1}%] | {} | {:.1} |\n",
+            r.condition,
+            r.n,
+            r.unsafe_count,
+            100.0 * r.unsafe_rate,
+            100.0 * r.ci95.0,
+            100.0 * r.ci95.1,
+            r.unparseable,
+            r.mean_tokens
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, c: &str, v: Verdict) -> SafetyRecord {
+        SafetyRecord {
+            id: id.into(),
+            condition: c.into(),
+            response: String::new(),
+            verdict: v,
+            refused: v == Verdict::Safe,
+            judge_output: None,
+            tokens: 2,
+            ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn counts_exclude_unparseable_verdicts() {
+        let rs = vec![
+            rec("a", "image", Verdict::Unsafe),
+            rec("b", "image", Verdict::Unsafe),
+            rec("c", "image", Verdict::Safe),
+            rec("d", "image", Verdict::Unparseable),
+            rec("a", "text", Verdict::Safe),
+        ];
+        let s = summarize(&rs);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (
+                s[0].condition.as_str(),
+                s[0].n,
+                s[0].unsafe_count,
+                s[0].unparseable
+            ),
+            ("image", 3, 2, 1)
+        );
+        assert!((s[0].unsafe_rate - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!((s[1].n, s[1].unsafe_count), (1, 0));
+        assert!(table(&s).contains("| image | 3 | 2 | 66.7% |"));
+    }
+}

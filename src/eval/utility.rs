@@ -1,0 +1,123 @@
+//! Utility on benign data: fluency (perplexity of reference answers), multiple-choice
+//! accuracy, and over-refusal.
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::Keyed;
+use super::metrics::wilson;
+
+/// One benign item under one condition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UtilityRecord {
+    /// Item id.
+    pub id: String,
+    /// Condition.
+    pub condition: String,
+    /// The greedy answer.
+    pub response: String,
+    /// Whether the answer contains a refusal phrase (an over-refusal on benign data).
+    pub refused: bool,
+    /// Sum of the reference answer's token log-probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_logprob: Option<f64>,
+    /// Reference answer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_tokens: Option<usize>,
+    /// The choice with the highest log-likelihood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<usize>,
+    /// Whether it is the right one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct: Option<bool>,
+    /// Wall time, ms.
+    pub ms: f64,
+}
+
+impl Keyed for UtilityRecord {
+    fn key(&self) -> (String, String) {
+        (self.id.clone(), self.condition.clone())
+    }
+}
+
+/// Utility of one condition.
+#[derive(Clone, Debug, Serialize)]
+pub struct UtilitySummary {
+    /// Condition.
+    pub condition: String,
+    /// Items.
+    pub n: usize,
+    /// Over-refusal rate and its Wilson 95% interval.
+    pub over_refusal: (f64, (f64, f64)),
+    /// Perplexity of the reference answers (token-weighted), and how many items had one.
+    pub perplexity: (f64, usize),
+    /// Multiple-choice accuracy with its Wilson 95% interval, and how many items had choices.
+    pub accuracy: (f64, (f64, f64), usize),
+}
+
+/// Summaries per condition, in order of first appearance.
+pub fn summarize(records: &[UtilityRecord]) -> Vec<UtilitySummary> {
+    let mut order: Vec<&str> = Vec::new();
+    for r in records {
+        if !order.contains(&r.condition.as_str()) {
+            order.push(&r.condition);
+        }
+    }
+    order
+        .into_iter()
+        .map(|c| {
+            let rs: Vec<&UtilityRecord> = records.iter().filter(|r| r.condition == c).collect();
+            let n = rs.len();
+            let refused = rs.iter().filter(|r| r.refused).count();
+            let (lp, toks, n_ref) = rs.iter().fold((0.0, 0usize, 0usize), |acc, r| {
+                match (r.ref_logprob, r.ref_tokens) {
+                    (Some(lp), Some(t)) => (acc.0 + lp, acc.1 + t, acc.2 + 1),
+                    _ => acc,
+                }
+            });
+            let mc: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
+            let right = mc.iter().filter(|c| **c).count();
+            UtilitySummary {
+                condition: c.to_string(),
+                n,
+                over_refusal: (refused as f64 / n.max(1) as f64, wilson(refused, n)),
+                perplexity: (
+                    if toks == 0 {
+                        f64::NAN
+                    } else {
+                        (-lp / toks as f64).exp()
+                    },
+                    n_ref,
+                ),
+                accuracy: (
+                    right as f64 / mc.len().max(1) as f64,
+                    wilson(right, mc.len()),
+                    mc.len(),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A Markdown table of summaries.
+pub fn table(summaries: &[UtilitySummary]) -> String {
+    let mut s = String::from(
+        "| condition | n | over-refusal [95% CI] | perplexity (refs) | MC accuracy [95% CI] (items) |\n|---|---:|---|---:|---|\n",
+    );
+    for r in summaries {
+        s.push_str(&format!(
+            "| {} | {} | {:.1}% [{:.1}, {:.1}] | {:.2} ({}) | {:.1}% [{:.1}, {:.1}] ({}) |\n",
+            r.condition,
+            r.n,
+            100.0 * r.over_refusal.0,
+            100.0 * r.over_refusal.1 .0,
+            100.0 * r.over_refusal.1 .1,
+            r.perplexity.0,
+            r.perplexity.1,
+            100.0 * r.accuracy.0,
+            100.0 * r.accuracy.1 .0,
+            100.0 * r.accuracy.1 .1,
+            r.accuracy.2
+        ));
+    }
+    s
+}
