@@ -234,6 +234,9 @@ impl<'e> Session<'e> {
                 self.n_past
             );
         }
+        // Every turn starts unsteered: a control vector an earlier turn (or run) left on the
+        // context must not leak into this one; hooks set their own.
+        self.ctx.set_control_vector(None)?;
         hooks.at(
             &mut self.ctx,
             Phase::Start {

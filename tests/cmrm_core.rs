@@ -577,3 +577,31 @@ fn interpolation_restores_the_text_only_next_token_distribution() {
     );
     assert!(bad.is_err());
 }
+
+#[test]
+fn steering_does_not_leak_into_the_next_unsteered_run() {
+    let engine = engine();
+    let (_, shift) = sample_shift(&engine);
+    let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
+    let mut session = engine.session(None).unwrap();
+    let mut last = Vec::new();
+    for steer in [true, false] {
+        session.reset();
+        let prompt = session.prepare(None, PROMPT, &[noise()]).unwrap();
+        let cfg = SteerConfig {
+            positions: Positions::All,
+            ..SteerConfig::default()
+        };
+        let mut cvec = CvecSteering::new(&shift, cfg);
+        let hooks: &mut dyn PromptHooks = if steer { &mut cvec } else { &mut NoHooks };
+        session.eval(&prompt, hooks).unwrap();
+        last = session.context().logits().to_vec();
+        if steer {
+            assert_ne!(last, plain);
+        }
+    }
+    assert_eq!(
+        last, plain,
+        "a control vector of the previous run steered an unsteered one"
+    );
+}

@@ -46,9 +46,8 @@ impl PromptHooks for CvecSteering {
     fn at(&mut self, ctx: &mut Context<'_>, phase: Phase) -> Result<()> {
         match (phase, self.config.positions) {
             (Phase::Start { has_image }, p) => {
+                // The session has removed any earlier vector.
                 self.active = has_image || self.config.text_only;
-                // A vector left by an earlier turn must not steer this one.
-                ctx.set_control_vector(None)?;
                 self.set = false;
                 if p == Positions::All {
                     self.apply(ctx)?;

@@ -10,8 +10,8 @@ use image::RgbImage;
 use super::{Apply, CallbackPhases, CallbackSteering, CvecSteering, Positions, SteerConfig};
 use crate::calibrate::{Anchor, Corruption, StateReader};
 use crate::engine::Engine;
-use crate::ffi::{Context, SharedHook};
-use crate::session::{Phase, PromptHooks};
+use crate::ffi::SharedHook;
+use crate::session::{NoHooks, PromptHooks};
 
 /// Where the shift comes from.
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ impl<'e> Steerer<'e> {
     ) -> Result<Box<dyn PromptHooks>> {
         let unsteered = images.is_empty() && !self.config.text_only;
         if unsteered && self.mechanism == Mechanism::Cvec {
-            return Ok(Box::new(ClearCvec));
+            return Ok(Box::new(NoHooks));
         }
         if self.config.apply == Apply::Interpolate && !unsteered {
             let reader = self
@@ -145,16 +145,4 @@ impl<'e> Steerer<'e> {
 fn lock(p: &CallbackPhases) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
     p.0.lock()
         .map_err(|_| anyhow::anyhow!("steering hook poisoned"))
-}
-
-/// A turn without steering: removes a control vector an earlier turn left.
-struct ClearCvec;
-
-impl PromptHooks for ClearCvec {
-    fn at(&mut self, ctx: &mut Context<'_>, phase: Phase) -> Result<()> {
-        if let Phase::Start { .. } = phase {
-            ctx.set_control_vector(None)?;
-        }
-        Ok(())
-    }
 }

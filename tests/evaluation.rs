@@ -1,0 +1,282 @@
+//! Issue "evaluation": judges, resumable per-sample results, plots, the report, multiple-choice
+//! scoring and the sweep, on the fixture VLM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cmrm::data::Item;
+use cmrm::eval::judge::{parse_verdict, Verdict};
+use cmrm::eval::{Condition, Runner};
+use common::*;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmrm-eval-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first `n` items of a vendored set, in a temporary file (image paths made absolute).
+fn subset(set: &str, n: usize, name: &str) -> PathBuf {
+    let items = cmrm::data::read_jsonl(&vendor(&format!("sets/{set}"))).unwrap();
+    let lines: Vec<String> = items
+        .iter()
+        .take(n)
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
+    let path = tmp(&format!("data-{name}")).join("items.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn model_args() -> Vec<String> {
+    vec![
+        "-m".into(),
+        s(&model()).into(),
+        "--mmproj".into(),
+        s(&mmproj()).into(),
+        "-t".into(),
+        "2".into(),
+        "-c".into(),
+        "1024".into(),
+    ]
+}
+
+fn run_ok(args: &[String]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn safety_args(data: &Path, out: &Path, conditions: &str) -> Vec<String> {
+    let mut a = vec!["eval".to_string(), "safety".into()];
+    a.extend(model_args());
+    a.extend(
+        [
+            "--data",
+            s(data),
+            "--out",
+            s(out),
+            "--conditions",
+            conditions,
+            "-n",
+            "12",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    a
+}
+
+#[test]
+fn a_killed_safety_run_resumes_to_the_same_summary() {
+    let data = subset("harmful-eval.jsonl", 5, "resume");
+    let full = tmp("full");
+    let full_summary = run_ok(&safety_args(&data, &full, "text,image"));
+    let s: serde_json::Value = serde_json::from_str(&full_summary).unwrap();
+    assert_eq!(s[0]["condition"], "text");
+    assert_eq!(
+        s[0]["n"].as_u64().unwrap() + s[0]["unparseable"].as_u64().unwrap(),
+        5
+    );
+
+    let resumed = tmp("resumed");
+    let journal = resumed.join("safety.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+        .args(safety_args(&data, &resumed, "text,image"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(t0.elapsed().as_secs() < 120, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert!(partial < 10, "the run finished before it was killed");
+    let again = run_ok(&safety_args(&data, &resumed, "text,image"));
+    assert_eq!(full_summary, again);
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        10
+    );
+    assert!(resumed.join("safety-summary.md").exists());
+}
+
+#[test]
+fn the_llm_judge_verdicts_are_parsed_strictly_and_counted() {
+    let data = subset("harmful-eval.jsonl", 3, "judge");
+    let out = tmp("judge");
+    let mut args = safety_args(&data, &out, "text");
+    args.extend(["--judge", "llm", "--judge-model", s(&model())].map(String::from));
+    let summary: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+    let text = std::fs::read_to_string(out.join("safety.jsonl")).unwrap();
+    let mut unparseable = 0;
+    for line in text.lines() {
+        let r: cmrm::eval::safety::SafetyRecord = serde_json::from_str(line).unwrap();
+        let raw = r.judge_output.expect("the judge's raw output is kept");
+        assert_eq!(
+            r.verdict,
+            parse_verdict(&raw),
+            "verdict does not follow the judge's words {raw:?}"
+        );
+        unparseable += usize::from(r.verdict == Verdict::Unparseable);
+    }
+    assert_eq!(
+        summary[0]["unparseable"].as_u64().unwrap() as usize,
+        unparseable
+    );
+    assert_eq!(summary[0]["n"].as_u64().unwrap() as usize + unparseable, 3);
+}
+
+#[test]
+fn multiple_choice_scoring_picks_the_likely_answer() {
+    let engine = engine();
+    let mut runner = Runner::new(&engine, None, 8, None).unwrap();
+    let item = Item {
+        id: "mc".into(),
+        prompt: "Repeat exactly these words and nothing else: the blue sky".into(),
+        choices: Some(vec![
+            "qz vlorp xyzzy".into(),
+            "the blue sky".into(),
+            "7 7 7 7".into(),
+        ]),
+        answer: Some(1),
+        reference: Some("the blue sky".into()),
+        ..Item::default()
+    };
+    let u = runner.utility(&item, Condition::Text).unwrap();
+    assert_eq!(u.choice, Some(1));
+    let (lp, n) = u.reference.unwrap();
+    assert!(n >= 3 && lp.is_finite() && lp < 0.0);
+    assert!(!u.response.is_empty(), "the answer after scoring is empty");
+    // Scoring rewinds: the answer equals a plain greedy run.
+    let plain = runner.run(&item, Condition::Text).unwrap();
+    assert_eq!(u.response, plain.text);
+}
+
+fn is_drawn_png(path: &Path) -> bool {
+    let img = image::open(path).unwrap().to_rgb8();
+    img.width() > 100 && img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000
+}
+
+#[test]
+fn gap_plots_and_the_report_are_written() {
+    let data = subset("harmful-eval.jsonl", 3, "gap");
+    let out = tmp("gap");
+    let mut a = vec!["analyze".to_string(), "gap".into()];
+    a.extend(model_args());
+    a.extend(
+        [
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--conditions",
+            "image,cmrm-sample",
+            "--cmrm-corruption",
+            "anchor",
+            "--cmrm-apply",
+            "total",
+            "--cmrm-layers",
+            "12",
+            "--layer",
+            "12",
+        ]
+        .map(String::from),
+    );
+    let table = run_ok(&a);
+    assert!(table.contains("| 29 |"), "{table}");
+    for png in ["gap-cosine.png", "gap-l2.png", "gap-pca-layer12.png"] {
+        assert!(is_drawn_png(&out.join(png)), "{png} is empty");
+    }
+    let gap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gap-summary.json")).unwrap())
+            .unwrap();
+    let cos = |c: usize, l: usize| gap[c]["cosine"][l].as_f64().unwrap();
+    // Sample-level total steering against the item's own image closes the gap at layer 12.
+    assert!(
+        cos(1, 12) > 0.9999 && cos(0, 12) < 0.999,
+        "{} {}",
+        cos(0, 12),
+        cos(1, 12)
+    );
+    run_ok(&["report".into(), "--out".into(), s(&out).into()]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("<h2>Representation gap</h2>") && html.contains("data:image/png;base64,")
+    );
+}
+
+#[test]
+fn sweep_writes_the_trade_off_and_the_chosen_default() {
+    let engine = engine();
+    let out = tmp("sweep");
+    let vectors = out.join("v.gguf");
+    let anchors = cmrm::calibrate::read_anchors(&vendor("sets/harmful-anchors.jsonl")).unwrap();
+    let opts = cmrm::calibrate::CalibrateOptions {
+        method: cmrm::vectors::Method::Mean,
+        corruption: cmrm::calibrate::Corruption::Noise(0),
+        system: None,
+        shard: None,
+        recommended: cmrm::steer::SteerConfig {
+            alpha: 9.0,
+            ..Default::default()
+        },
+    };
+    cmrm::calibrate::calibrate(&engine, &anchors[..2], &opts, &vectors).unwrap();
+    drop(engine);
+    let harmful = subset("harmful-eval.jsonl", 2, "sweep-h");
+    let benign = subset("benign.jsonl", 2, "sweep-b");
+    let mut a = vec!["sweep".to_string()];
+    a.extend(model_args());
+    a.extend(
+        [
+            "--data",
+            s(&harmful),
+            "--benign",
+            s(&benign),
+            "--out",
+            s(&out),
+            "--cmrm",
+            s(&vectors),
+            "--cmrm-apply",
+            "total",
+            "--cmrm-layers",
+            "8,16",
+            "--alpha",
+            "0.5,1",
+            "-n",
+            "8",
+            "--write-default",
+            "--max-over-refusal",
+            "1",
+            "--max-perplexity-increase",
+            "100",
+        ]
+        .map(String::from),
+    );
+    let table = run_ok(&a);
+    assert!(table.contains("(chosen)"), "{table}");
+    assert_eq!(table.matches("| cmrm@").count(), 4, "{table}");
+    assert!(is_drawn_png(&out.join("sweep.png")));
+    let v = cmrm::vectors::CmrmVectors::load(&vectors).unwrap();
+    assert!(
+        [0.5, 1.0].contains(&v.recommended.alpha),
+        "alpha not written: {}",
+        v.recommended.alpha
+    );
+    assert_eq!(v.recommended.apply, cmrm::steer::Apply::Total);
+}
