@@ -29,7 +29,7 @@ echo "best single layer: $layer" >&2
 # interpolation toward the text-only state (callback path).
 for pos in last after-image all; do
   "${fid[@]}" --out "$out/layer$layer-$pos" --conditions cmrm,cmrm-sample --cmrm-apply total \
-    --cmrm-positions "$pos" --cmrm-layers "$layer" --alpha 0.5,1,1.5
+    --cmrm-positions "$pos" --cmrm-layers "$layer" --alpha 0.5,1
 done
 "${fid[@]}" --out "$out/interpolate" --conditions cmrm-sample --cmrm-corruption anchor --cmrm-path callback \
   --cmrm-apply interpolate --cmrm-positions last --cmrm-layers 0-$last --alpha 0.5,1

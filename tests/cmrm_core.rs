@@ -504,7 +504,7 @@ fn chat_with_cmrm_in_every_mode() {
         &["--cmrm-apply", "total", "--cmrm-layers", "12"],
         &["--cmrm-positions", "all", "--cmrm-alpha", "0.3"],
         &["--cmrm-positions", "after-image", "--cmrm-layers", "5-20"],
-        &["--cmrm-path", "callback", "--cmrm-layers", "0-29"],
+        &["--cmrm-path", "callback", "--cmrm-layers", "0"],
         &["--cmrm-sample", "--cmrm-corruption", "blank"],
         &[
             "--cmrm-sample",

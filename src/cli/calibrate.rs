@@ -21,6 +21,9 @@ pub struct CalibrateArgs {
     /// Anchors: JSONL lines {"prompt": ..., "image": optional path or data URI}.
     #[arg(long)]
     anchors: PathBuf,
+    /// Use only the first N anchors.
+    #[arg(long)]
+    limit: Option<usize>,
     /// Output vector file (default: <model-stem>.cmrm.gguf next to the model).
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
@@ -40,9 +43,9 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = SteerConfig::default().alpha)]
     alpha: f32,
     /// Recommended apply rule.
-    #[arg(long, value_enum, default_value = "increment")]
+    #[arg(long, value_enum, default_value = "total")]
     apply: cmrm::steer::Apply,
-    /// Recommended layers `A-B`.
+    /// Recommended layers `A-B` (default: one layer at ~70% depth).
     #[arg(long)]
     layers: Option<String>,
     /// Recommended positions.
@@ -59,7 +62,10 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
 
 /// Runs calibration.
 pub fn run(args: CalibrateArgs) -> Result<()> {
-    let anchors = calibrate::read_anchors(&args.anchors)?;
+    let mut anchors = calibrate::read_anchors(&args.anchors)?;
+    if let Some(n) = args.limit {
+        anchors.truncate(n);
+    }
     let engine = Engine::load(args.model.engine_options())?;
     let out = args
         .output
@@ -71,7 +77,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         positions: args.positions,
         layers: match &args.layers {
             Some(l) => parse_layers(l)?,
-            None => (0, engine.model().n_layer() - 1),
+            None => cmrm::steer::AUTO_LAYERS,
         },
         text_only: false,
     };

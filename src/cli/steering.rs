@@ -25,7 +25,8 @@ pub struct SteerArgs {
     /// How per-layer total shifts are added.
     #[arg(long = "cmrm-apply", value_enum)]
     pub apply: Option<Apply>,
-    /// Steered layers, `A-B` (inclusive) or a single layer.
+    /// Steered layers, `A-B` (inclusive) or a single layer (default: the file's, else one
+    /// layer at ~70% depth).
     #[arg(long = "cmrm-layers", value_name = "A-B")]
     pub layers: Option<String>,
     /// Steered tokens.
@@ -116,6 +117,7 @@ impl SteerArgs {
             return Ok(None);
         };
         if engine.options().verbose {
+            let (first, last) = config.layer_range(engine.model().n_layer());
             eprintln!(
                 "cmrm: steering ({}) alpha {} apply {} layers {}-{} positions {} via {:?}",
                 if self.sample {
@@ -125,8 +127,8 @@ impl SteerArgs {
                 },
                 config.alpha,
                 config.apply.name(),
-                config.layers.0,
-                config.layers.1.min(engine.model().n_layer() - 1),
+                first,
+                last,
                 config.positions.name(),
                 self.mechanism
             );

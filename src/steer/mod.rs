@@ -97,12 +97,24 @@ pub struct SteerConfig {
     pub text_only: bool,
 }
 
+/// Layer range meaning "the default layer of the model": one layer at about 70% of the depth
+/// (layer 20 of SmolLM2-135M's 30, 16 of Qwen2.5-0.5B's 24), chosen by the fidelity
+/// measurements in the README (`scripts/choose-defaults.sh`).
+pub const AUTO_LAYERS: (usize, usize) = (usize::MAX, usize::MAX);
+
+/// The default steered layer of a model with `n_layer` layers.
+pub fn default_layer(n_layer: usize) -> usize {
+    ((n_layer - 1) * 7 + 5) / 10
+}
+
 impl Default for SteerConfig {
+    /// The measured defaults: `total` shift at one layer at ~70% depth, on the last prompt token
+    /// and the generated tokens, alpha 1.
     fn default() -> Self {
         Self {
             alpha: 1.0,
-            apply: Apply::Increment,
-            layers: (1, usize::MAX),
+            apply: Apply::Total,
+            layers: AUTO_LAYERS,
             positions: Positions::Last,
             text_only: false,
         }
@@ -110,8 +122,12 @@ impl Default for SteerConfig {
 }
 
 impl SteerConfig {
-    /// The layer range clamped to a model of `n_layer` layers.
+    /// The layer range for a model of `n_layer` layers: [`AUTO_LAYERS`] resolved, and clamped.
     pub fn layer_range(&self, n_layer: usize) -> (usize, usize) {
+        if self.layers == AUTO_LAYERS {
+            let l = default_layer(n_layer);
+            return (l, l);
+        }
         (
             self.layers.0.min(n_layer - 1),
             self.layers.1.min(n_layer - 1),
@@ -162,6 +178,7 @@ mod tests {
     fn increments_sum_to_the_total_shift() {
         let cfg = SteerConfig {
             layers: (1, 2),
+            apply: Apply::Increment,
             ..SteerConfig::default()
         };
         let a = additions(&deltas(), &cfg);
@@ -169,6 +186,18 @@ mod tests {
         assert_eq!(a[1], vec![3.0, 1.0]);
         assert_eq!(a[2], vec![1.0, 3.0]);
         assert_eq!(a[3], vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_default_layer_is_at_seventy_percent_depth() {
+        assert_eq!(default_layer(30), 20);
+        assert_eq!(default_layer(24), 16);
+        assert_eq!(SteerConfig::default().layer_range(30), (20, 20));
+        let all = SteerConfig {
+            layers: (0, 99),
+            ..SteerConfig::default()
+        };
+        assert_eq!(all.layer_range(30), (0, 29));
     }
 
     #[test]
