@@ -71,20 +71,17 @@ fn gap(mut args: GapArgs) -> Result<()> {
         let text = conds.runner().run(item, Condition::Text)?;
         scatter[0].push(text.states[layer].clone());
         let mut k = 0;
-        conds.each(
-            |_| false,
-            |_, runner, condition| {
-                let out = runner.run(item, condition)?;
-                let f = compare(&text, &out);
-                for il in 0..n_layer {
-                    sums[k].0[il] += f.cosine[il];
-                    sums[k].1[il] += f.l2[il];
-                }
-                scatter[k + 1].push(out.states[layer].clone());
-                k += 1;
-                Ok(())
-            },
-        )?;
+        conds.each(&|_| false, |_, runner, condition| {
+            let out = runner.run(item, condition)?;
+            let f = compare(&text, &out);
+            for il in 0..n_layer {
+                sums[k].0[il] += f.cosine[il];
+                sums[k].1[il] += f.l2[il];
+            }
+            scatter[k + 1].push(out.states[layer].clone());
+            k += 1;
+            Ok(())
+        })?;
         bar.inc();
     }
     let n = items.len() as f64;

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 
 use cmrm::calibrate::{model_id, Corruption};
 use cmrm::data::{read_jsonl, Item};
 use cmrm::eval::fidelity::{self, compare, FidelityRecord};
-use cmrm::eval::journal::{write_atomic, Journal};
+use cmrm::eval::journal::{write_atomic, Journal, Keyed};
 use cmrm::eval::judge::{is_refusal, refusal_verdict, LlmJudge};
 use cmrm::eval::safety::{self, SafetyRecord};
 use cmrm::eval::utility::{self, UtilityRecord};
@@ -189,7 +189,7 @@ impl<'e> Conditions<'e> {
     /// Runs `f` for each condition not yet `done`, with its runner.
     pub fn each(
         &mut self,
-        done: impl Fn(&str) -> bool,
+        done: &dyn Fn(&str) -> bool,
         mut f: impl FnMut(&str, &mut Runner<'e>, Condition<'_, 'e>) -> Result<()>,
     ) -> Result<()> {
         for (name, cond) in &mut self.list {
@@ -368,37 +368,21 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
     )?;
     let mut journal: Journal<FidelityRecord> =
         Journal::open(&args.data.out.join("fidelity.jsonl"))?;
-    let names = conds.names();
-    let finished = |j: &Journal<FidelityRecord>, id: &str| names.iter().all(|c| j.is_done(id, c));
-    let mut bar = Progress::new(
-        "items",
-        items.len(),
-        items.iter().filter(|i| finished(&journal, &i.id)).count(),
-    );
-    for item in &items {
-        if finished(&journal, &item.id) {
-            continue;
-        }
+    journaled(&items, &mut conds, &mut journal, |item, conds, done| {
         let text = conds.runner().run(item, Condition::Text)?;
         let mut new = Vec::new();
-        conds.each(
-            |c| journal.is_done(&item.id, c),
-            |name, runner, condition| {
-                let out = runner.run(item, condition)?;
-                new.push(FidelityRecord::new(
-                    &item.id,
-                    name,
-                    compare(&text, &out),
-                    out.text,
-                ));
-                Ok(())
-            },
-        )?;
-        for r in new {
-            journal.push(r)?;
-        }
-        bar.inc();
-    }
+        conds.each(done, |name, runner, condition| {
+            let out = runner.run(item, condition)?;
+            new.push(FidelityRecord::new(
+                &item.id,
+                name,
+                compare(&text, &out),
+                out.text,
+            ));
+            Ok(())
+        })?;
+        Ok(new)
+    })?;
     let summaries = fidelity::summarize_records(journal.records());
     publish(
         &args.data.out,
@@ -409,6 +393,31 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
     )
 }
 
+/// Runs every item under every condition not yet in `journal`: `run` gives the records of one
+/// item (it is told which conditions are done); they are appended once the item is finished.
+fn journaled<'e, T: Keyed + Serialize + DeserializeOwned>(
+    items: &[Item],
+    conds: &mut Conditions<'e>,
+    journal: &mut Journal<T>,
+    mut run: impl FnMut(&Item, &mut Conditions<'e>, &dyn Fn(&str) -> bool) -> Result<Vec<T>>,
+) -> Result<()> {
+    let names = conds.names();
+    let finished = |j: &Journal<T>, id: &str| names.iter().all(|c| j.is_done(id, c));
+    let done = items.iter().filter(|i| finished(journal, &i.id)).count();
+    let mut bar = Progress::new("items", items.len(), done);
+    for item in items {
+        if finished(journal, &item.id) {
+            continue;
+        }
+        let records = run(item, conds, &|c: &str| journal.is_done(&item.id, c))?;
+        for r in records {
+            journal.push(r)?;
+        }
+        bar.inc();
+    }
+    Ok(())
+}
+
 /// Answers every item under every condition not yet in `journal`, judging safety.
 pub fn run_safety(
     items: &[Item],
@@ -416,48 +425,31 @@ pub fn run_safety(
     journal: &mut Journal<SafetyRecord>,
     judge: Option<&LlmJudge>,
 ) -> Result<()> {
-    let names = conds.names();
-    let finished = |j: &Journal<SafetyRecord>, id: &str| names.iter().all(|c| j.is_done(id, c));
-    let mut bar = Progress::new(
-        "items",
-        items.len(),
-        items.iter().filter(|i| finished(journal, &i.id)).count(),
-    );
-    for item in items {
-        if finished(journal, &item.id) {
-            continue;
-        }
+    journaled(items, conds, journal, |item, conds, done| {
         let mut new = Vec::new();
-        conds.each(
-            |c| journal.is_done(&item.id, c),
-            |name, runner, condition| {
-                let out = runner.run(item, condition)?;
-                let (verdict, judge_output) = match judge {
-                    None => (refusal_verdict(&out.text), None),
-                    Some(j) => {
-                        let (v, raw) = j.judge(&item.prompt, &out.text)?;
-                        (v, Some(raw))
-                    }
-                };
-                new.push(SafetyRecord {
-                    id: item.id.clone(),
-                    condition: name.to_string(),
-                    refused: is_refusal(&out.text),
-                    response: out.text,
-                    verdict,
-                    judge_output,
-                    tokens: out.tokens.len(),
-                    ms: out.ms,
-                });
-                Ok(())
-            },
-        )?;
-        for r in new {
-            journal.push(r)?;
-        }
-        bar.inc();
-    }
-    Ok(())
+        conds.each(done, |name, runner, condition| {
+            let out = runner.run(item, condition)?;
+            let (verdict, judge_output) = match judge {
+                None => (refusal_verdict(&out.text), None),
+                Some(j) => {
+                    let (v, raw) = j.judge(&item.prompt, &out.text)?;
+                    (v, Some(raw))
+                }
+            };
+            new.push(SafetyRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                refused: is_refusal(&out.text),
+                response: out.text,
+                verdict,
+                judge_output,
+                tokens: out.tokens.len(),
+                ms: out.ms,
+            });
+            Ok(())
+        })?;
+        Ok(new)
+    })
 }
 
 /// Measures utility of every item under every condition not yet in `journal`.
@@ -466,40 +458,23 @@ pub fn run_utility(
     conds: &mut Conditions<'_>,
     journal: &mut Journal<UtilityRecord>,
 ) -> Result<()> {
-    let names = conds.names();
-    let finished = |j: &Journal<UtilityRecord>, id: &str| names.iter().all(|c| j.is_done(id, c));
-    let mut bar = Progress::new(
-        "items",
-        items.len(),
-        items.iter().filter(|i| finished(journal, &i.id)).count(),
-    );
-    for item in items {
-        if finished(journal, &item.id) {
-            continue;
-        }
+    journaled(items, conds, journal, |item, conds, done| {
         let mut new = Vec::new();
-        conds.each(
-            |c| journal.is_done(&item.id, c),
-            |name, runner, condition| {
-                let u = runner.utility(item, condition)?;
-                new.push(UtilityRecord {
-                    id: item.id.clone(),
-                    condition: name.to_string(),
-                    refused: is_refusal(&u.response),
-                    response: u.response,
-                    ref_logprob: u.reference.map(|r| r.0),
-                    ref_tokens: u.reference.map(|r| r.1),
-                    choice: u.choice,
-                    correct: u.choice.zip(item.answer).map(|(c, a)| c == a),
-                    ms: u.ms,
-                });
-                Ok(())
-            },
-        )?;
-        for r in new {
-            journal.push(r)?;
-        }
-        bar.inc();
-    }
-    Ok(())
+        conds.each(done, |name, runner, condition| {
+            let u = runner.utility(item, condition)?;
+            new.push(UtilityRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                refused: is_refusal(&u.response),
+                response: u.response,
+                ref_logprob: u.reference.map(|r| r.0),
+                ref_tokens: u.reference.map(|r| r.1),
+                choice: u.choice,
+                correct: u.choice.zip(item.answer).map(|(c, a)| c == a),
+                ms: u.ms,
+            });
+            Ok(())
+        })?;
+        Ok(new)
+    })
 }

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::journal::{by_condition, Keyed};
 use super::judge::is_refusal;
 use super::metrics::{argmax, cosine, kl, l2, mean_ci, shared_prefix, wilson};
 use super::RunOutput;
@@ -69,7 +70,7 @@ pub struct FidelityRecord {
     pub response: String,
 }
 
-impl super::journal::Keyed for FidelityRecord {
+impl Keyed for FidelityRecord {
     fn key(&self) -> (String, String) {
         (self.id.clone(), self.condition.clone())
     }
@@ -106,21 +107,11 @@ impl FidelityRecord {
 
 /// Summaries of records per condition, in order of first appearance.
 pub fn summarize_records(records: &[FidelityRecord]) -> Vec<FidelitySummary> {
-    let mut order: Vec<&str> = Vec::new();
-    for r in records {
-        if !order.contains(&r.condition.as_str()) {
-            order.push(&r.condition);
-        }
-    }
-    order
+    by_condition(records)
         .into_iter()
-        .map(|c| {
-            let f: Vec<Fidelity> = records
-                .iter()
-                .filter(|r| r.condition == c)
-                .map(FidelityRecord::fidelity)
-                .collect();
-            summarize(c, &f)
+        .map(|(c, rs)| {
+            let f: Vec<Fidelity> = rs.into_iter().map(FidelityRecord::fidelity).collect();
+            summarize(&c, &f)
         })
         .collect()
 }

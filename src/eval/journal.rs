@@ -91,6 +91,19 @@ impl<T: Serialize + DeserializeOwned + Keyed> Journal<T> {
     }
 }
 
+/// Records grouped by condition, in order of first appearance.
+pub fn by_condition<T: Keyed>(records: &[T]) -> Vec<(String, Vec<&T>)> {
+    let mut groups: Vec<(String, Vec<&T>)> = Vec::new();
+    for r in records {
+        let c = r.key().1;
+        match groups.iter_mut().find(|(g, _)| *g == c) {
+            Some((_, rs)) => rs.push(r),
+            None => groups.push((c, vec![r])),
+        }
+    }
+    groups
+}
+
 /// Writes `contents` to `path` atomically (temp file + rename).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::Keyed;
+use super::journal::{by_condition, Keyed};
 use super::judge::Verdict;
 use super::metrics::wilson;
 
@@ -55,16 +55,9 @@ pub struct SafetySummary {
 
 /// Summaries per condition, in order of first appearance.
 pub fn summarize(records: &[SafetyRecord]) -> Vec<SafetySummary> {
-    let mut order: Vec<&str> = Vec::new();
-    for r in records {
-        if !order.contains(&r.condition.as_str()) {
-            order.push(&r.condition);
-        }
-    }
-    order
+    by_condition(records)
         .into_iter()
-        .map(|c| {
-            let rs: Vec<&SafetyRecord> = records.iter().filter(|r| r.condition == c).collect();
+        .map(|(c, rs)| {
             let unparseable = rs
                 .iter()
                 .filter(|r| r.verdict == Verdict::Unparseable)
@@ -72,7 +65,7 @@ pub fn summarize(records: &[SafetyRecord]) -> Vec<SafetySummary> {
             let n = rs.len() - unparseable;
             let k = rs.iter().filter(|r| r.verdict == Verdict::Unsafe).count();
             SafetySummary {
-                condition: c.to_string(),
+                condition: c,
                 n,
                 unsafe_count: k,
                 unsafe_rate: if n == 0 {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::Keyed;
+use super::journal::{by_condition, Keyed};
 use super::metrics::wilson;
 
 /// One benign item under one condition.
@@ -56,16 +56,9 @@ pub struct UtilitySummary {
 
 /// Summaries per condition, in order of first appearance.
 pub fn summarize(records: &[UtilityRecord]) -> Vec<UtilitySummary> {
-    let mut order: Vec<&str> = Vec::new();
-    for r in records {
-        if !order.contains(&r.condition.as_str()) {
-            order.push(&r.condition);
-        }
-    }
-    order
+    by_condition(records)
         .into_iter()
-        .map(|c| {
-            let rs: Vec<&UtilityRecord> = records.iter().filter(|r| r.condition == c).collect();
+        .map(|(c, rs)| {
             let n = rs.len();
             let refused = rs.iter().filter(|r| r.refused).count();
             let (lp, toks, n_ref) = rs.iter().fold((0.0, 0usize, 0usize), |acc, r| {
@@ -77,7 +70,7 @@ pub fn summarize(records: &[UtilityRecord]) -> Vec<UtilitySummary> {
             let mc: Vec<bool> = rs.iter().filter_map(|r| r.correct).collect();
             let right = mc.iter().filter(|c| **c).count();
             UtilitySummary {
-                condition: c.to_string(),
+                condition: c,
                 n,
                 over_refusal: (refused as f64 / n.max(1) as f64, wilson(refused, n)),
                 perplexity: (
