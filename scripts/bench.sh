@@ -11,15 +11,22 @@ model=${1:-$fix/SmolLM2-135M-Instruct.Q4_1.gguf}
 mmproj=${2:-$fix/mmproj-smollm2-synthetic.gguf}
 reps=${3:-5}
 threads=$(nproc)
-src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.160/llama.cpp | head -1)
-build=target/llama.cpp-build
-if [ ! -x "$build/bin/llama-mtmd-cli" ]; then
-  echo "bench: building llama-mtmd-cli from $src (once, several minutes)" >&2
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  cmake --build "$build" --target llama-mtmd-cli -j "$threads" >/dev/null
-fi
 cargo build --release -q
+# Plain llama.cpp: llama.cpp's own llama-mtmd-cli, compiled from the llama.cpp source vendored
+# in llama-cpp-sys-2 and linked against the very libraries cmrm uses (same build, same flags).
+src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.160/llama.cpp | head -1)
+libs=$(ls -d target/release/build/llama-cpp-sys-2-*/out/build | head -1)
+plain_cli=target/llama.cpp-build/bin/llama-mtmd-cli
+if [ ! -x "$plain_cli" ]; then
+  echo "bench: compiling llama-mtmd-cli" >&2
+  mkdir -p "$(dirname "$plain_cli")"
+  g++ -O3 -march=native -std=c++17 -I"$src/include" -I"$src/ggml/include" -I"$src/common" \
+    -I"$src/tools/mtmd" -I"$src/vendor" "$src/tools/mtmd/mtmd-cli.cpp" -o "$plain_cli" \
+    "$libs/tools/mtmd/libmtmd.a" "$libs/common/libllama-common.a" "$libs/common/libllama-common-base.a" \
+    "$libs/src/libllama.a" "$libs/ggml/src/libggml.a" "$libs/ggml/src/libggml-cpu.a" \
+    "$libs/ggml/src/libggml-base.a" "$libs/vendor/hash/libvendor-hash.a" \
+    "$libs/vendor/cpp-httplib/libcpp-httplib.a" -fopenmp -lpthread -ldl -lssl -lcrypto
+fi
 vec=target/bench/vectors.gguf
 mkdir -p target/bench
 [ -f "$vec" ] || ./target/release/cmrm calibrate -m "$model" --mmproj "$mmproj" \
@@ -28,30 +35,34 @@ img=vendor/images/astronaut.jpg
 prompt="Describe this picture in detail."
 n=64
 
-# Prints "prompt_ms gen_tok_per_s" for one run.
+# Prints "prompt_ms gen_tok_per_s" for one run (prompt = image encoding + prefill).
 plain() {
-  "$build/bin/llama-mtmd-cli" -m "$model" --mmproj "$mmproj" --image "$img" -p "$prompt" -n $n \
-    --temp 0 --ignore-eos -t "$threads" 2>&1 >/dev/null | awk '
-    /prompt eval time/ {for (i=1;i<=NF;i++) if ($i=="ms") {p=$(i-1); break}}
-    /image slice encoded in|image decoded \(batch/ {for (i=1;i<=NF;i++) if ($i=="ms") {img+=$(i-1)}}
-    /  eval time/ {for (i=1;i<=NF;i++) if ($i=="tokens") {t=$(i-4)}; for (i=1;i<=NF;i++) if ($i=="per" && $(i+1)=="second)") {s=$(i-1)}}
-    END {print p+img, s}'
+  "$plain_cli" -m "$model" --mmproj "$mmproj" --image "$img" -p "$prompt" -n $n \
+    --temp 0 --ignore-eos -t "$threads" --perf -v 2>&1 >/dev/null | awk '
+    /batch encoding done in/ {for (i=1;i<=NF;i++) if ($i=="ms") enc=$(i-1)}
+    /prompt eval time/ {for (i=1;i<=NF;i++) if ($i=="=") {p=$(i+1); break}}
+    /  eval time/ {for (i=1;i<=NF;i++) if ($i=="tokens" && $(i+1)=="per") s=$(i-1)}
+    END {print p+enc, s}'
 }
 cmrm_run() {
   ./target/release/cmrm chat -m "$model" --mmproj "$mmproj" --image "$img" -p "$prompt" -n $n \
     --temp 0 --ignore-eos -t "$threads" -v "$@" 2>&1 >/dev/null | awk '
-    /^prompt:/ {for (i=1;i<=NF;i++) {if ($i=="in" && $(i+2)=="ms") p=$(i+1); if ($i=="tok/s") s=substr($(i-1),2)}}
+    /^prompt:/ {for (i=1;i<=NF;i++) {if ($i=="in" && $(i+2)=="ms" && !p) p=$(i+1); if ($i ~ /^tok\/s/) s=substr($(i-1),2)}}
     END {print p, s}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Medians of prompt ms, generation tok/s, and the whole command's wall time (ms; includes
+# loading and, for sample-level CMRM, its two extra prefills).
 measure() {
   local name=$1; shift
-  local ps=() gs=()
+  local ps=() gs=() ws=()
   for _ in $(seq "$reps"); do
+    local t0; t0=$(date +%s%N)
     read -r p g < <("$@")
+    ws+=("$(( ($(date +%s%N) - t0) / 1000000 ))")
     ps+=("$p"); gs+=("$g")
   done
-  echo "$name $(printf '%s\n' "${ps[@]}" | median) $(printf '%s\n' "${gs[@]}" | median)"
+  echo "$name $(printf '%s\n' "${ps[@]}" | median) $(printf '%s\n' "${gs[@]}" | median) $(printf '%s\n' "${ws[@]}" | median)"
 }
 {
   measure llama.cpp plain
@@ -61,5 +72,5 @@ measure() {
   measure cmrm-sample cmrm_run --cmrm-sample
 } > target/bench/results.txt
 echo "model: $(basename "$model"), $threads threads, $reps runs each (median), image + ${n} tokens"
-awk 'NR==1 {bp=$2; bg=$3} {printf "%-14s prompt %8.1f ms (x%.2f)   generation %7.1f tok/s (x%.2f)\n", $1, $2, $2/bp, $3, $3/bg}' \
+awk 'NR==1 {bp=$2; bg=$3; bw=$4} {printf "%-14s prompt %7.1f ms (x%.2f)  generation %6.1f tok/s (x%.2f)  whole run %6d ms (x%.2f)\n", $1, $2, $2/bp, $3, $3/bg, $4, $4/bw}' \
   target/bench/results.txt
