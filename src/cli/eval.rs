@@ -373,12 +373,12 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
         let mut new = Vec::new();
         conds.each(done, |name, runner, condition| {
             let out = runner.run(item, condition)?;
-            new.push(FidelityRecord::new(
-                &item.id,
-                name,
-                compare(&text, &out),
-                out.text,
-            ));
+            new.push(FidelityRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                fidelity: compare(&text, &out),
+                response: out.text,
+            });
             Ok(())
         })?;
         Ok(new)

@@ -9,7 +9,7 @@ use super::metrics::{argmax, cosine, kl, l2, mean_ci, shared_prefix, wilson};
 use super::RunOutput;
 
 /// One item's fidelity under a condition, against the text-only run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Fidelity {
     /// KL(p_text || p_cond) of the first answer token, nats.
     pub kl: f64,
@@ -47,25 +47,16 @@ pub fn compare(text: &RunOutput, cond: &RunOutput) -> Fidelity {
     }
 }
 
-/// A per-item fidelity record.
+/// A per-item fidelity record (one JSONL line).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FidelityRecord {
     /// Item id.
     pub id: String,
     /// Condition.
     pub condition: String,
-    /// KL(p_text || p_cond) of the first answer token, nats.
-    pub kl: f64,
-    /// The most likely first token is the same.
-    pub top1_agree: bool,
-    /// Shared greedy prefix, tokens.
-    pub shared_prefix: usize,
-    /// Refusal decisions agree.
-    pub refusal_agree: bool,
-    /// Per-layer cosine to the text-only state.
-    pub cosine: Vec<f64>,
-    /// Per-layer L2 distance to the text-only state.
-    pub l2: Vec<f64>,
+    /// The comparison with the text-only run.
+    #[serde(flatten)]
+    pub fidelity: Fidelity,
     /// The condition's answer.
     pub response: String,
 }
@@ -76,41 +67,12 @@ impl Keyed for FidelityRecord {
     }
 }
 
-impl FidelityRecord {
-    /// The record of `f` for item `id` under `condition`.
-    pub fn new(id: &str, condition: &str, f: Fidelity, response: String) -> Self {
-        Self {
-            id: id.into(),
-            condition: condition.into(),
-            kl: f.kl,
-            top1_agree: f.top1_agree,
-            shared_prefix: f.shared_prefix,
-            refusal_agree: f.refusal_agree,
-            cosine: f.cosine,
-            l2: f.l2,
-            response,
-        }
-    }
-
-    /// Back to the comparison.
-    pub fn fidelity(&self) -> Fidelity {
-        Fidelity {
-            kl: self.kl,
-            top1_agree: self.top1_agree,
-            shared_prefix: self.shared_prefix,
-            refusal_agree: self.refusal_agree,
-            cosine: self.cosine.clone(),
-            l2: self.l2.clone(),
-        }
-    }
-}
-
 /// Summaries of records per condition, in order of first appearance.
 pub fn summarize_records(records: &[FidelityRecord]) -> Vec<FidelitySummary> {
     by_condition(records)
         .into_iter()
         .map(|(c, rs)| {
-            let f: Vec<Fidelity> = rs.into_iter().map(FidelityRecord::fidelity).collect();
+            let f: Vec<Fidelity> = rs.into_iter().map(|r| r.fidelity.clone()).collect();
             summarize(&c, &f)
         })
         .collect()
