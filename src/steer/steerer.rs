@@ -39,7 +39,6 @@ pub struct Steerer<'e> {
     mechanism: Mechanism,
     reader: Option<StateReader<'e>>,
     callback: Option<Arc<Mutex<CallbackSteering>>>,
-    n_layer: usize,
 }
 
 impl<'e> Steerer<'e> {
@@ -76,7 +75,6 @@ impl<'e> Steerer<'e> {
             mechanism,
             reader,
             callback,
-            n_layer,
         })
     }
 
@@ -126,7 +124,6 @@ impl<'e> Steerer<'e> {
             }
             (Source::Sample(_), None) => unreachable!("sample-level steering has a reader"),
         };
-        debug_assert_eq!(deltas.len(), self.n_layer);
         if self.mechanism == Mechanism::Cvec {
             return Ok(Box::new(CvecSteering::new(deltas, self.config.clone())));
         }
