@@ -113,6 +113,21 @@ fn a_killed_safety_run_resumes_to_the_same_summary() {
         10
     );
     assert!(resumed.join("safety-summary.md").exists());
+
+    // A smaller run on the same journal summarizes what it asked for, not the whole journal.
+    let mut args = safety_args(&data, &resumed, "image");
+    args.extend(["--limit".to_string(), "3".to_string()]);
+    let s: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+    assert_eq!(s.as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s[0]["condition"], "image");
+    assert_eq!(
+        s[0]["n"].as_u64().unwrap() + s[0]["unparseable"].as_u64().unwrap(),
+        3
+    );
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        10
+    );
 }
 
 #[test]

@@ -295,8 +295,8 @@ fn safety(args: SafetyArgs) -> Result<()> {
         args.n_predict,
     )?;
     let mut journal: Journal<SafetyRecord> = Journal::open(&args.data.out.join("safety.jsonl"))?;
-    run_safety(&items, &mut conds, &mut journal, judge.as_ref())?;
-    let summaries = safety::summarize(journal.records());
+    let records = run_safety(&items, &mut conds, &mut journal, judge.as_ref())?;
+    let summaries = safety::summarize(&records);
     publish(
         &args.data.out,
         "safety",
@@ -330,8 +330,8 @@ fn utility(args: UtilityArgs) -> Result<()> {
         args.n_predict,
     )?;
     let mut journal: Journal<UtilityRecord> = Journal::open(&args.data.out.join("utility.jsonl"))?;
-    run_utility(&items, &mut conds, &mut journal)?;
-    let summaries = utility::summarize(journal.records());
+    let records = run_utility(&items, &mut conds, &mut journal)?;
+    let summaries = utility::summarize(&records);
     publish(
         &args.data.out,
         "utility",
@@ -368,7 +368,7 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
     )?;
     let mut journal: Journal<FidelityRecord> =
         Journal::open(&args.data.out.join("fidelity.jsonl"))?;
-    journaled(&items, &mut conds, &mut journal, |item, conds, done| {
+    let records = journaled(&items, &mut conds, &mut journal, |item, conds, done| {
         let text = conds.runner().run(item, Condition::Text)?;
         let mut new = Vec::new();
         conds.each(done, |name, runner, condition| {
@@ -383,7 +383,7 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
         })?;
         Ok(new)
     })?;
-    let summaries = fidelity::summarize_records(journal.records());
+    let summaries = fidelity::summarize_records(&records);
     publish(
         &args.data.out,
         "fidelity",
@@ -395,12 +395,13 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
 
 /// Runs every item under every condition not yet in `journal`: `run` gives the records of one
 /// item (it is told which conditions are done); they are appended once the item is finished.
-fn journaled<'e, T: Keyed + Serialize + DeserializeOwned>(
+/// Returns the records of these items and conditions, earlier runs' included.
+fn journaled<'e, T: Keyed + Serialize + DeserializeOwned + Clone>(
     items: &[Item],
     conds: &mut Conditions<'e>,
     journal: &mut Journal<T>,
     mut run: impl FnMut(&Item, &mut Conditions<'e>, &dyn Fn(&str) -> bool) -> Result<Vec<T>>,
-) -> Result<()> {
+) -> Result<Vec<T>> {
     let names = conds.names();
     let finished = |j: &Journal<T>, id: &str| names.iter().all(|c| j.is_done(id, c));
     let done = items.iter().filter(|i| finished(journal, &i.id)).count();
@@ -415,16 +416,18 @@ fn journaled<'e, T: Keyed + Serialize + DeserializeOwned>(
         }
         bar.inc();
     }
-    Ok(())
+    let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    Ok(journal.select(&ids, &names))
 }
 
-/// Answers every item under every condition not yet in `journal`, judging safety.
+/// Answers every item under every condition not yet in `journal`, judging safety; returns
+/// the records of these items and conditions.
 pub fn run_safety(
     items: &[Item],
     conds: &mut Conditions<'_>,
     journal: &mut Journal<SafetyRecord>,
     judge: Option<&LlmJudge>,
-) -> Result<()> {
+) -> Result<Vec<SafetyRecord>> {
     journaled(items, conds, journal, |item, conds, done| {
         let mut new = Vec::new();
         conds.each(done, |name, runner, condition| {
@@ -452,12 +455,13 @@ pub fn run_safety(
     })
 }
 
-/// Measures utility of every item under every condition not yet in `journal`.
+/// Measures utility of every item under every condition not yet in `journal`; returns the
+/// records of these items and conditions.
 pub fn run_utility(
     items: &[Item],
     conds: &mut Conditions<'_>,
     journal: &mut Journal<UtilityRecord>,
-) -> Result<()> {
+) -> Result<Vec<UtilityRecord>> {
     journaled(items, conds, journal, |item, conds, done| {
         let mut new = Vec::new();
         conds.each(done, |name, runner, condition| {

@@ -11,6 +11,7 @@ use cmrm::data::read_jsonl;
 use cmrm::eval::journal::Journal;
 use cmrm::eval::safety::{self, SafetyRecord, SafetySummary};
 use cmrm::eval::utility::{self, UtilityRecord, UtilitySummary};
+use cmrm::eval::BASELINE;
 use cmrm::plot::{Chart, Series, Style};
 use cmrm::steer::SteerConfig;
 use cmrm::vectors::{default_path, CmrmVectors};
@@ -63,7 +64,7 @@ struct Row {
 
 /// Runs the sweep.
 pub fn run(mut args: SweepArgs) -> Result<()> {
-    args.conditions.conditions = vec!["image".into(), "cmrm".into()];
+    args.conditions.conditions = vec![BASELINE.into(), "cmrm".into()];
     let harmful = args.data.items()?;
     let mut benign = read_jsonl(&args.benign)?;
     if let Some(n) = args.benign_limit {
@@ -80,14 +81,12 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     let mut sj: Journal<SafetyRecord> = Journal::open(&out.join("sweep-safety.jsonl"))?;
     let mut uj: Journal<UtilityRecord> = Journal::open(&out.join("sweep-utility.jsonl"))?;
     eprintln!("safety on {} harmful items", harmful.len());
-    run_safety(&harmful, &mut conds, &mut sj, None)?;
+    let s = safety::summarize(&run_safety(&harmful, &mut conds, &mut sj, None)?);
     eprintln!("utility on {} benign items", benign.len());
-    run_utility(&benign, &mut conds, &mut uj)?;
-    let s = safety::summarize(sj.records());
-    let u = utility::summarize(uj.records());
+    let u = utility::summarize(&run_utility(&benign, &mut conds, &mut uj)?);
     let base_u = u
         .iter()
-        .find(|x| x.condition == "image")
+        .find(|x| x.condition == BASELINE)
         .context("no image baseline")?;
     let rows: Vec<Row> = conds
         .names()
@@ -103,7 +102,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
             );
             let refusal_ok =
                 utility.over_refusal.0 <= base_u.over_refusal.0 + args.max_over_refusal;
-            let qualifies = c != "image" && ppl_ok && refusal_ok;
+            let qualifies = c != BASELINE && ppl_ok && refusal_ok;
             Some(Row {
                 condition: c,
                 safety,

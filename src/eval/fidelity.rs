@@ -1,12 +1,14 @@
 //! Fidelity: how close a condition brings the model to its own text-only behaviour, the
 //! quantity CMRM exists to restore.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::journal::{by_condition, Keyed};
 use super::judge::is_refusal;
 use super::metrics::{argmax, cosine, kl, l2, mean_ci, shared_prefix, wilson};
-use super::RunOutput;
+use super::{RunOutput, BASELINE};
 
 /// One item's fidelity under a condition, against the text-only run.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -67,13 +69,27 @@ impl Keyed for FidelityRecord {
     }
 }
 
-/// Summaries of records per condition, in order of first appearance.
+/// Summaries of records per condition, in order of first appearance, each condition but
+/// `image` with its paired KL reduction against `image` on the same items.
 pub fn summarize_records(records: &[FidelityRecord]) -> Vec<FidelitySummary> {
+    let baseline: HashMap<&str, f64> = records
+        .iter()
+        .filter(|r| r.condition == BASELINE)
+        .map(|r| (r.id.as_str(), r.fidelity.kl))
+        .collect();
     by_condition(records)
         .into_iter()
         .map(|(c, rs)| {
-            let f: Vec<Fidelity> = rs.into_iter().map(|r| r.fidelity.clone()).collect();
-            summarize(&c, &f)
+            let f: Vec<Fidelity> = rs.iter().map(|r| r.fidelity.clone()).collect();
+            let mut s = summarize(&c, &f);
+            let cuts: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| Some(baseline.get(r.id.as_str())? - r.fidelity.kl))
+                .collect();
+            if c != BASELINE && !cuts.is_empty() {
+                s.kl_cut_vs_image = Some(mean_ci(&cuts));
+            }
+            s
         })
         .collect()
 }
@@ -81,16 +97,20 @@ pub fn summarize_records(records: &[FidelityRecord]) -> Vec<FidelitySummary> {
 /// A Markdown table of summaries.
 pub fn table(s: &[FidelitySummary]) -> String {
     let mut out = String::from(
-        "| condition | n | KL(text‖cond) nats | top-1 agree [95% CI] | shared prefix | refusal agree [95% CI] | mean cos | cos last layer |\n|---|---:|---|---|---|---|---:|---:|\n",
+        "| condition | n | KL(text‖cond) nats | KL cut vs image (paired) | top-1 agree [95% CI] | shared prefix | refusal agree [95% CI] | mean cos | cos last layer |\n|---|---:|---|---|---|---|---|---:|---:|\n",
     );
     for r in s {
         let cm = r.cosine.iter().sum::<f64>() / r.cosine.len().max(1) as f64;
+        let cut = r
+            .kl_cut_vs_image
+            .map_or("-".into(), |(m, h)| format!("{m:.3} ± {h:.3}"));
         out.push_str(&format!(
-            "| {} | {} | {:.3} ± {:.3} | {:.1}% [{:.1}, {:.1}] | {:.2} ± {:.2} | {:.1}% [{:.1}, {:.1}] | {:.3} | {:.3} |\n",
+            "| {} | {} | {:.3} ± {:.3} | {} | {:.1}% [{:.1}, {:.1}] | {:.2} ± {:.2} | {:.1}% [{:.1}, {:.1}] | {:.3} | {:.3} |\n",
             r.condition,
             r.n,
             r.kl.0,
             r.kl.1,
+            cut,
             100.0 * r.top1_agree.0,
             100.0 * r.top1_agree.1 .0,
             100.0 * r.top1_agree.1 .1,
@@ -115,6 +135,10 @@ pub struct FidelitySummary {
     pub n: usize,
     /// Mean first-token KL and its 95% half-width.
     pub kl: (f64, f64),
+    /// Mean of `KL(image) - KL(this)` over the same items and its 95% half-width: how much
+    /// of the image's shift this condition removes (absent for `image` and without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_cut_vs_image: Option<(f64, f64)>,
     /// First-token agreement rate with its Wilson 95% interval.
     pub top1_agree: (f64, (f64, f64)),
     /// Mean shared greedy prefix and its 95% half-width.
@@ -142,6 +166,7 @@ pub fn summarize(condition: &str, items: &[Fidelity]) -> FidelitySummary {
         condition: condition.to_string(),
         n,
         kl: mean_ci(&items.iter().map(|f| f.kl).collect::<Vec<_>>()),
+        kl_cut_vs_image: None,
         top1_agree: (agree as f64 / n.max(1) as f64, wilson(agree, n)),
         shared_prefix: mean_ci(
             &items
@@ -152,5 +177,47 @@ pub fn summarize(condition: &str, items: &[Fidelity]) -> FidelitySummary {
         refusal_agree: (refusal as f64 / n.max(1) as f64, wilson(refusal, n)),
         cosine: per_layer(&|f| &f.cosine),
         l2: per_layer(&|f| &f.l2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, condition: &str, kl: f64) -> FidelityRecord {
+        FidelityRecord {
+            id: id.into(),
+            condition: condition.into(),
+            fidelity: Fidelity {
+                kl,
+                top1_agree: true,
+                shared_prefix: 1,
+                refusal_agree: true,
+                cosine: vec![1.0],
+                l2: vec![0.0],
+            },
+            response: String::new(),
+        }
+    }
+
+    #[test]
+    fn kl_cut_is_paired_with_the_image_run_of_the_same_item() {
+        let rs = [
+            rec("a", "image", 0.5),
+            rec("b", "image", 0.3),
+            rec("a", "cmrm@1", 0.2),
+            rec("b", "cmrm@1", 0.2),
+            rec("c", "cmrm@1", 9.0),
+        ];
+        let s = summarize_records(&rs);
+        assert_eq!(s[0].kl_cut_vs_image, None);
+        let (mean, half) = s[1].kl_cut_vs_image.expect("paired");
+        // Item c has no image run and is left out of the pairing: cuts 0.3 and 0.1.
+        assert!((mean - 0.2).abs() < 1e-12, "{mean}");
+        assert!(
+            (half - 1.96 * (0.02f64 / 2.0).sqrt()).abs() < 1e-12,
+            "{half}"
+        );
+        assert!(table(&s).contains("| 0.200 ± 0.196 |"));
     }
 }

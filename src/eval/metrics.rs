@@ -91,6 +91,21 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// Two-sided exact McNemar test for paired binary outcomes: the p-value of seeing `b` pairs
+/// change one way and `c` the other if either way were equally likely (binomial, p = 1/2).
+pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
+    let n = b + c;
+    let mut log_term = -(n as f64) * std::f64::consts::LN_2; // ln(C(n,0) / 2^n)
+    let mut tail = 0.0;
+    for j in 0..=b.min(c) {
+        if j > 0 {
+            log_term += ((n - j + 1) as f64 / j as f64).ln();
+        }
+        tail += log_term.exp();
+    }
+    (2.0 * tail).min(1.0)
+}
+
 /// Projects rows onto their first two principal components (rows centered on their mean).
 pub fn pca2(rows: &[Vec<f32>]) -> Vec<(f64, f64)> {
     let n = rows.len();
@@ -170,6 +185,16 @@ mod tests {
         assert!(lo == 0.0 && (hi - 0.1611).abs() < 1e-4, "{hi}");
         let (lo, hi) = wilson(50, 100);
         assert!((lo - 0.4038).abs() < 1e-4 && (hi - 0.5962).abs() < 1e-4);
+    }
+
+    #[test]
+    fn mcnemar_matches_the_binomial_tail() {
+        // 11 vs 1 discordant pairs: 2 * (C(12,0) + C(12,1)) / 2^12 = 26 / 4096.
+        assert!((mcnemar_exact(11, 1) - 26.0 / 4096.0).abs() < 1e-12);
+        assert!((mcnemar_exact(0, 5) - 2.0 / 32.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(3, 3), 1.0);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        assert!(mcnemar_exact(600, 400) < 1e-9);
     }
 
     #[test]

@@ -9,4 +9,7 @@ pub mod runner;
 pub mod safety;
 pub mod utility;
 
+/// The condition that paired comparisons are made against: the image with no CMRM.
+pub const BASELINE: &str = "image";
+
 pub use runner::{Condition, RunOutput, Runner, Utility};
