@@ -120,7 +120,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     let mut md = String::from("| condition | unsafe rate [95% CI] | benign over-refusal | perplexity | MC accuracy | qualifies |\n|---|---|---:|---:|---:|---|\n");
     for r in &rows {
         md.push_str(&format!(
-            "| {}{} | {:.1}% [{:.1}, {:.1}] | {:.1}% | {:.2} | {:.1}% | {} |\n",
+            "| {}{} | {:.1}% [{:.1}, {:.1}] | {:.1}% | {} | {} | {} |\n",
             r.condition,
             if best.is_some_and(|b| b.condition == r.condition) {
                 " (chosen)"
@@ -131,8 +131,8 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
             100.0 * r.safety.ci95.0,
             100.0 * r.safety.ci95.1,
             100.0 * r.utility.over_refusal.0,
-            r.utility.perplexity.0,
-            100.0 * r.utility.accuracy.0,
+            r.utility.perplexity_cell(),
+            r.utility.accuracy_cell(),
             if r.qualifies { "yes" } else { "no" }
         ));
     }

@@ -50,8 +50,36 @@ pub struct UtilitySummary {
     pub over_refusal: (f64, (f64, f64)),
     /// Perplexity of the reference answers (token-weighted), and how many items had one.
     pub perplexity: (f64, usize),
-    /// Multiple-choice accuracy with its Wilson 95% interval, and how many items had choices.
+    /// Multiple-choice accuracy with its Wilson 95% interval, and how many items had choices
+    /// (NaN, serialized as null, when none had).
     pub accuracy: (f64, (f64, f64), usize),
+}
+
+impl UtilitySummary {
+    /// The perplexity as a table cell: "-" when no item had a reference answer.
+    pub fn perplexity_cell(&self) -> String {
+        if self.perplexity.1 == 0 {
+            "-".into()
+        } else {
+            format!("{:.2}", self.perplexity.0)
+        }
+    }
+
+    /// The multiple-choice accuracy with its interval as a table cell: "-" when no item had
+    /// choices (a rate over nothing is not 0%).
+    pub fn accuracy_cell(&self) -> String {
+        let (rate, (lo, hi), n) = self.accuracy;
+        if n == 0 {
+            "-".into()
+        } else {
+            format!(
+                "{:.1}% [{:.1}, {:.1}]",
+                100.0 * rate,
+                100.0 * lo,
+                100.0 * hi
+            )
+        }
+    }
 }
 
 /// Summaries per condition, in order of first appearance.
@@ -82,7 +110,11 @@ pub fn summarize(records: &[UtilityRecord]) -> Vec<UtilitySummary> {
                     n_ref,
                 ),
                 accuracy: (
-                    right as f64 / mc.len().max(1) as f64,
+                    if mc.is_empty() {
+                        f64::NAN
+                    } else {
+                        right as f64 / mc.len() as f64
+                    },
                     wilson(right, mc.len()),
                     mc.len(),
                 ),
@@ -98,19 +130,55 @@ pub fn table(summaries: &[UtilitySummary]) -> String {
     );
     for r in summaries {
         s.push_str(&format!(
-            "| {} | {} | {:.1}% [{:.1}, {:.1}] | {:.2} ({}) | {:.1}% [{:.1}, {:.1}] ({}) |\n",
+            "| {} | {} | {:.1}% [{:.1}, {:.1}] | {} ({}) | {} ({}) |\n",
             r.condition,
             r.n,
             100.0 * r.over_refusal.0,
             100.0 * r.over_refusal.1 .0,
             100.0 * r.over_refusal.1 .1,
-            r.perplexity.0,
+            r.perplexity_cell(),
             r.perplexity.1,
-            100.0 * r.accuracy.0,
-            100.0 * r.accuracy.1 .0,
-            100.0 * r.accuracy.1 .1,
+            r.accuracy_cell(),
             r.accuracy.2
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, correct: Option<bool>, ref_lp: Option<f64>) -> UtilityRecord {
+        UtilityRecord {
+            id: id.into(),
+            condition: "image".into(),
+            response: "Sure.".into(),
+            refused: false,
+            ref_logprob: ref_lp,
+            ref_tokens: ref_lp.map(|_| 2),
+            choice: correct.map(|_| 0),
+            correct,
+            ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn metrics_without_items_show_as_missing_not_zero() {
+        let s = summarize(&[rec("a", None, None), rec("b", None, None)]);
+        assert!(s[0].accuracy.0.is_nan() && s[0].accuracy.2 == 0);
+        assert_eq!(
+            (s[0].accuracy_cell(), s[0].perplexity_cell()),
+            ("-".into(), "-".into())
+        );
+
+        let s = summarize(&[
+            rec("a", Some(true), Some(-2.0)),
+            rec("b", Some(false), None),
+        ]);
+        assert_eq!(s[0].accuracy.2, 2);
+        assert!(s[0].accuracy_cell().starts_with("50.0% ["));
+        // exp(2 nats / 2 tokens) = e.
+        assert_eq!(s[0].perplexity_cell(), "2.72");
+    }
 }
