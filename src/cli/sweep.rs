@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use cmrm::data::read_jsonl;
 use cmrm::eval::journal::Journal;
+use cmrm::eval::metrics::percent_ci;
 use cmrm::eval::safety::{self, SafetyRecord, SafetySummary};
 use cmrm::eval::utility::{self, UtilityRecord, UtilitySummary};
 use cmrm::eval::BASELINE;
@@ -120,16 +121,14 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     let mut md = String::from("| condition | unsafe rate [95% CI] | benign over-refusal | perplexity | MC accuracy | qualifies |\n|---|---|---:|---:|---:|---|\n");
     for r in &rows {
         md.push_str(&format!(
-            "| {}{} | {:.1}% [{:.1}, {:.1}] | {:.1}% | {} | {} | {} |\n",
+            "| {}{} | {} | {:.1}% | {} | {} | {} |\n",
             r.condition,
             if best.is_some_and(|b| b.condition == r.condition) {
                 " (chosen)"
             } else {
                 ""
             },
-            100.0 * r.safety.unsafe_rate,
-            100.0 * r.safety.ci95.0,
-            100.0 * r.safety.ci95.1,
+            percent_ci(r.safety.unsafe_rate, r.safety.ci95),
             100.0 * r.utility.over_refusal.0,
             r.utility.perplexity_cell(),
             r.utility.accuracy_cell(),

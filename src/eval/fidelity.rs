@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::journal::{by_condition, Keyed};
 use super::judge::is_refusal;
-use super::metrics::{argmax, cosine, kl, l2, mean_ci, shared_prefix, wilson};
+use super::metrics::{argmax, cosine, kl, l2, mean_ci, percent_ci, shared_prefix, wilson};
 use super::{RunOutput, BASELINE};
 
 /// One item's fidelity under a condition, against the text-only run.
@@ -105,20 +105,16 @@ pub fn table(s: &[FidelitySummary]) -> String {
             .kl_cut_vs_image
             .map_or("-".into(), |(m, h)| format!("{m:.3} ± {h:.3}"));
         out.push_str(&format!(
-            "| {} | {} | {:.3} ± {:.3} | {} | {:.1}% [{:.1}, {:.1}] | {:.2} ± {:.2} | {:.1}% [{:.1}, {:.1}] | {:.3} | {:.3} |\n",
+            "| {} | {} | {:.3} ± {:.3} | {} | {} | {:.2} ± {:.2} | {} | {:.3} | {:.3} |\n",
             r.condition,
             r.n,
             r.kl.0,
             r.kl.1,
             cut,
-            100.0 * r.top1_agree.0,
-            100.0 * r.top1_agree.1 .0,
-            100.0 * r.top1_agree.1 .1,
+            percent_ci(r.top1_agree.0, r.top1_agree.1),
             r.shared_prefix.0,
             r.shared_prefix.1,
-            100.0 * r.refusal_agree.0,
-            100.0 * r.refusal_agree.1 .0,
-            100.0 * r.refusal_agree.1 .1,
+            percent_ci(r.refusal_agree.0, r.refusal_agree.1),
             cm,
             r.cosine.last().copied().unwrap_or(f64::NAN)
         ));

@@ -78,6 +78,16 @@ pub fn mean_ci(x: &[f64]) -> (f64, f64) {
     (m, 1.96 * (var / n).sqrt())
 }
 
+/// A rate and its interval as a table cell, in percent: `42.0% [32.8, 51.8]`.
+pub fn percent_ci(rate: f64, (lo, hi): (f64, f64)) -> String {
+    format!(
+        "{:.1}% [{:.1}, {:.1}]",
+        100.0 * rate,
+        100.0 * lo,
+        100.0 * hi
+    )
+}
+
 /// Wilson score 95% interval for `k` successes out of `n`.
 pub fn wilson(k: usize, n: usize) -> (f64, f64) {
     if n == 0 {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::journal::{by_condition, Keyed};
-use super::metrics::wilson;
+use super::metrics::{percent_ci, wilson};
 
 /// One benign item under one condition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,16 +68,11 @@ impl UtilitySummary {
     /// The multiple-choice accuracy with its interval as a table cell: "-" when no item had
     /// choices (a rate over nothing is not 0%).
     pub fn accuracy_cell(&self) -> String {
-        let (rate, (lo, hi), n) = self.accuracy;
+        let (rate, ci, n) = self.accuracy;
         if n == 0 {
             "-".into()
         } else {
-            format!(
-                "{:.1}% [{:.1}, {:.1}]",
-                100.0 * rate,
-                100.0 * lo,
-                100.0 * hi
-            )
+            percent_ci(rate, ci)
         }
     }
 }
@@ -130,12 +125,10 @@ pub fn table(summaries: &[UtilitySummary]) -> String {
     );
     for r in summaries {
         s.push_str(&format!(
-            "| {} | {} | {:.1}% [{:.1}, {:.1}] | {} ({}) | {} ({}) |\n",
+            "| {} | {} | {} | {} ({}) | {} ({}) |\n",
             r.condition,
             r.n,
-            100.0 * r.over_refusal.0,
-            100.0 * r.over_refusal.1 .0,
-            100.0 * r.over_refusal.1 .1,
+            percent_ci(r.over_refusal.0, r.over_refusal.1),
             r.perplexity_cell(),
             r.perplexity.1,
             r.accuracy_cell(),
