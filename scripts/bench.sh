@@ -20,7 +20,7 @@ plain_cli=target/llama.cpp-build/bin/llama-mtmd-cli
 if [ ! -x "$plain_cli" ]; then
   echo "bench: compiling llama-mtmd-cli" >&2
   mkdir -p "$(dirname "$plain_cli")"
-  g++ -O3 -march=native -std=c++17 -I"$src/include" -I"$src/ggml/include" -I"$src/common" \
+  g++ -O3 -march=x86-64-v3 -std=c++17 -I"$src/include" -I"$src/ggml/include" -I"$src/common" \
     -I"$src/tools/mtmd" -I"$src/vendor" "$src/tools/mtmd/mtmd-cli.cpp" -o "$plain_cli" \
     "$libs/tools/mtmd/libmtmd.a" "$libs/common/libllama-common.a" "$libs/common/libllama-common-base.a" \
     "$libs/src/libllama.a" "$libs/ggml/src/libggml.a" "$libs/ggml/src/libggml-cpu.a" \

@@ -21,7 +21,7 @@ fid=("$cmrm" eval fidelity "${m[@]}" --data vendor/sets/harmful-eval.jsonl --lim
 # Stage 1: which rule and layer. Each stage's per-item results are in its --out folder
 # (a rerun resumes).
 "${fid[@]}" --out "$out/increment" --conditions image,cmrm --cmrm-apply increment --cmrm-positions last --alpha 0.5,1
-"${fid[@]}" --out "$out/layers" --conditions cmrm --cmrm-apply total --cmrm-positions last --cmrm-layers "$single" --alpha 1
+"${fid[@]}" --out "$out/layers" --conditions cmrm --cmrm-apply total --cmrm-positions last --layer-grid "$single" --alpha 1
 # The layer with the lowest first-token KL to the text-only run.
 layer=${4:-$(awk -F'|' '$2 ~ / L[0-9]/ {split($2, a, " L"); kl = $4 + 0; if (best == "" || kl < bestkl) {best = a[2] + 0; bestkl = kl}} END {print best}' "$out/layers/fidelity-summary.md")}
 echo "best single layer: $layer" >&2

@@ -1,9 +1,14 @@
 //! Capture of per-layer residual-stream states (`l_out-<il>`) and the final-norm output
-//! (`result_norm`) at the last token of a decode, through the graph hook.
+//! (`result_norm`) at the last token of a decode, through the graph hook; and [`StateReader`],
+//! which reads the last-prompt-token states of single-turn prompts.
 
 use std::sync::{Arc, Mutex};
 
+use crate::engine::Engine;
+use crate::error::{Error, Result};
 use crate::ffi::{GraphHook, HookTensor, SharedHook};
+use crate::media::Image;
+use crate::session::{Session, SessionOptions, Turn};
 
 /// Name of the final-norm tensor in llama.cpp's graphs.
 pub const RESULT_NORM: &str = "result_norm";
@@ -42,7 +47,7 @@ impl LayerCapture {
         }
     }
 
-    /// A capture of every layer, shared with a context.
+    /// A capture of every layer, to share with a session.
     pub fn all_layers(n_layer: usize) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self::new(n_layer, |_| true, false)))
     }
@@ -63,9 +68,19 @@ impl LayerCapture {
         self.states.get(il)?.as_deref()
     }
 
-    /// Every layer's state, or `None` if one is missing.
-    pub fn all_states(&self) -> Option<Vec<Vec<f32>>> {
-        self.states.iter().cloned().collect()
+    /// Every layer's state, or an error naming a layer that was not captured.
+    pub fn all_states(&self) -> Result<Vec<Vec<f32>>> {
+        self.states
+            .iter()
+            .enumerate()
+            .map(|(il, s)| {
+                s.clone().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the state of layer {il} was not captured (an architecture without l_out tensors?)"
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// The captured final-norm row.
@@ -96,49 +111,62 @@ impl GraphHook for LayerCapture {
     }
 }
 
-/// Several hooks on one context, called in order: e.g. callback steering then a capture
-/// that sees the steered state.
-pub struct HookChain(pub Vec<SharedHook>);
-
-impl GraphHook for HookChain {
-    fn wants(&self, name: &str) -> bool {
-        self.0.iter().any(|h| h.lock().is_ok_and(|h| h.wants(name)))
-    }
-
-    fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
-        for h in &self.0 {
-            if let Ok(mut h) = h.lock() {
-                if h.wants(name) {
-                    h.observe(name, t);
-                }
-            }
-        }
-    }
+/// Locks a shared capture.
+pub fn lock(capture: &Mutex<LayerCapture>) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {
+    capture
+        .lock()
+        .map_err(|_| Error::Invalid("a state capture was poisoned by a panic".into()))
 }
 
-/// Upcasts a typed capture for [`crate::Engine::session`].
+/// Upcasts a typed capture for [`SessionOptions::observer`].
 pub fn shared(capture: &Arc<Mutex<LayerCapture>>) -> SharedHook {
     capture.clone()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Reads the last-prompt-token state of every layer for single-turn prompts, on a session of
+/// its own.
+pub struct StateReader<'e> {
+    session: Session<'e>,
+    capture: Arc<Mutex<LayerCapture>>,
+}
 
-    #[test]
-    fn layer_names_parse() {
-        assert_eq!(layer_of("l_out-0"), Some(0));
-        assert_eq!(layer_of("l_out-29"), Some(29));
-        assert_eq!(layer_of("l_out"), None);
-        assert_eq!(layer_of("attn_norm-3"), None);
+impl<'e> StateReader<'e> {
+    /// A reader on `engine`.
+    pub fn new(engine: &'e Engine) -> Result<Self> {
+        let capture = LayerCapture::all_layers(engine.model().n_layer());
+        let session = Session::new(engine, SessionOptions::new().observer(shared(&capture)))?;
+        Ok(Self { session, capture })
     }
 
-    #[test]
-    fn wants_only_armed_wanted_layers() {
-        let mut c = LayerCapture::new(4, |il| il >= 2, true);
-        assert!(!c.wants("l_out-1") && c.wants("l_out-2") && c.wants(RESULT_NORM));
-        assert!(!c.wants("l_out-9"));
-        c.set_armed(false);
-        assert!(!c.wants("l_out-3"));
+    /// Per-layer last-token states of a fresh single-turn prompt.
+    pub fn states(
+        &mut self,
+        system: Option<&str>,
+        text: &str,
+        images: &[Image],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.session.reset();
+        lock(&self.capture)?.clear();
+        let mut turn = Turn::user(text);
+        turn.system = system.map(str::to_string);
+        turn.images = images.to_vec();
+        drop(self.session.prefill(&turn)?);
+        let states = lock(&self.capture)?.all_states();
+        states
+    }
+
+    /// `h_text - h_corrupt` per layer for one prompt.
+    pub fn shift(
+        &mut self,
+        system: Option<&str>,
+        text: &str,
+        corrupt: &Image,
+    ) -> Result<Vec<Vec<f32>>> {
+        let t = self.states(system, text, &[])?;
+        let c = self.states(system, text, std::slice::from_ref(corrupt))?;
+        Ok(t.iter()
+            .zip(&c)
+            .map(|(a, b)| crate::math::sub(a, b))
+            .collect())
     }
 }

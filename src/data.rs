@@ -1,17 +1,17 @@
 //! JSONL data sets: anchors for calibration and items for evaluation share one line format,
 //! `{"id"?, "prompt", "image"?, "category"?, "reference"?, "choices"?, "answer"?}`.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use anyhow::{ensure, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// One line of a data set.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Item {
-    /// Stable identifier (default: the line number).
+    /// Stable identifier (default: `line-N`).
     #[serde(default)]
     pub id: String,
     /// The user's text.
@@ -33,34 +33,98 @@ pub struct Item {
     pub answer: Option<usize>,
 }
 
-/// Reads a JSONL data set; blank lines are skipped; relative image paths are made relative to
-/// the file; missing ids become `line-N`.
+/// Parses one JSONL line (`line` is 1-based, for messages); relative image paths are made
+/// relative to `dir`, a missing id becomes `line-N`.
+pub fn parse_line(path: &Path, line: usize, text: &str, dir: &Path) -> Result<Item> {
+    let mut item: Item = serde_json::from_str(text).map_err(|e| {
+        Error::data(
+            path,
+            Some(line),
+            format!("{e}; each line must be a JSON object with at least \"prompt\""),
+        )
+    })?;
+    if item.id.is_empty() {
+        item.id = format!("line-{line}");
+    }
+    if let (Some(choices), Some(answer)) = (&item.choices, item.answer) {
+        if answer >= choices.len() {
+            return Err(Error::data(
+                path,
+                Some(line),
+                format!(
+                    "\"answer\" is {answer} but there are {} choices (answers count from 0)",
+                    choices.len()
+                ),
+            ));
+        }
+    }
+    if let Some(img) = &item.image {
+        if !img.starts_with("data:") && Path::new(img).is_relative() {
+            item.image = Some(dir.join(img).to_string_lossy().into_owned());
+        }
+    }
+    Ok(item)
+}
+
+/// Reads a JSONL data set; blank lines are skipped. Every problem names the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
-    let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    if path.is_dir() {
+        return Err(Error::data(path, None, "is a folder, not a JSONL file"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-        if line.trim().is_empty() {
+    let mut ids = std::collections::HashSet::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| Error::data(path, Some(i + 1), "not UTF-8 text"))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let mut item: Item = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{}: expected a JSON object with at least \"prompt\"",
-                path.display(),
-                i + 1
-            )
-        })?;
-        if item.id.is_empty() {
-            item.id = format!("line-{}", i + 1);
-        }
-        if let Some(img) = &item.image {
-            if !img.starts_with("data:") && Path::new(img).is_relative() {
-                item.image = Some(dir.join(img).to_string_lossy().into_owned());
-            }
+        let item = parse_line(path, i + 1, text, dir)?;
+        if !ids.insert(item.id.clone()) {
+            return Err(Error::data(
+                path,
+                Some(i + 1),
+                format!("the id {:?} is used twice; ids must be unique", item.id),
+            ));
         }
         out.push(item);
     }
-    ensure!(!out.is_empty(), "{}: no items", path.display());
+    if out.is_empty() {
+        return Err(Error::data(path, None, "no items (the file is empty)"));
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_are_named_with_their_number() {
+        let p = Path::new("set.jsonl");
+        let e = parse_line(p, 7, r#"{"prompt": 3}"#, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("set.jsonl:7:"), "{e}");
+        let e = parse_line(p, 2, r#"{"image": "a.png"}"#, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prompt"), "{e}");
+        let e = parse_line(
+            p,
+            3,
+            r#"{"prompt": "x", "choices": ["a"], "answer": 1}"#,
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("set.jsonl:3") && e.contains("answer"), "{e}");
+        let ok = parse_line(p, 4, r#"{"prompt": "x", "image": "a.png"}"#, Path::new("d")).unwrap();
+        assert_eq!(
+            (ok.id.as_str(), ok.image.as_deref()),
+            ("line-4", Some("d/a.png"))
+        );
+    }
 }

@@ -1,59 +1,93 @@
-//! Loading a VLM: the GGUF text model, its mmproj, the chat template, checked together so that
-//! a wrong file is refused with a message that names it.
+//! Loading a VLM: the GGUF text model, its mmproj and the chat template, checked together so
+//! that a wrong file is refused with an error that names it.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
-
-use crate::ffi::{self, ContextParams, Model, Mtmd, SharedHook};
+use crate::error::{Error, Result};
+use crate::ffi::{self, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams};
 use crate::gguf;
-use crate::session::Session;
+use crate::template::{ChatTemplate, TemplateChoice};
 
-/// What to load and how to run it (llama.cpp's `-m`, `--mmproj`, `-c`, `-b`, `-t`, `-ngl`,
-/// `--chat-template`).
+/// What to load and how to run it (llama.cpp's `-m`, `--mmproj`, `-c`, `-b`, `-ub`, `-t`,
+/// `-tb`, `-ngl`, `-fa`, `-ctk`, `-ctv`, `--no-mmap`, `--mlock`, `--chat-template`).
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// The text model GGUF.
     pub model: PathBuf,
     /// The multimodal projector GGUF, if images are to be read.
     pub mmproj: Option<PathBuf>,
-    /// Context length.
+    /// Context length per session (0 = the model's training length).
     pub n_ctx: u32,
-    /// Batch size for prompt processing.
+    /// Logical batch size for prompt processing.
     pub n_batch: u32,
-    /// CPU threads.
+    /// Physical batch (micro-batch) size.
+    pub n_ubatch: u32,
+    /// CPU threads for generation.
     pub n_threads: i32,
+    /// CPU threads for prompt processing.
+    pub n_threads_batch: i32,
     /// Layers offloaded to the GPU (negative = all).
     pub n_gpu_layers: i32,
-    /// A llama.cpp built-in template name or a template string; default: the model's own.
-    pub chat_template: Option<String>,
+    /// How the weights are read.
+    pub load_mode: LoadMode,
+    /// Flash attention.
+    pub flash_attn: FlashAttn,
+    /// K cache type.
+    pub type_k: KvType,
+    /// V cache type.
+    pub type_v: KvType,
+    /// Which chat template formats conversations.
+    pub template: TemplateChoice,
+    /// Minimum image tokens (dynamic-resolution projectors).
+    pub image_min_tokens: Option<u32>,
+    /// Maximum image tokens (dynamic-resolution projectors).
+    pub image_max_tokens: Option<u32>,
     /// Echo llama.cpp's log on stderr.
     pub verbose: bool,
 }
 
+/// Threads by default: every core the machine offers.
+fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+}
+
 impl EngineOptions {
-    /// Defaults for `model` (and optionally `mmproj`): 4096 context, 512 batch, all cores.
+    /// llama.cpp's defaults for `model` and optionally `mmproj`: context 4096, batch 2048,
+    /// micro-batch 512, all cores, every layer on the GPU when there is one.
     pub fn new(model: impl Into<PathBuf>, mmproj: Option<PathBuf>) -> Self {
         Self {
             model: model.into(),
             mmproj,
             n_ctx: 4096,
-            n_batch: 512,
-            n_threads: std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
+            n_batch: 2048,
+            n_ubatch: 512,
+            n_threads: default_threads(),
+            n_threads_batch: default_threads(),
             n_gpu_layers: -1,
-            chat_template: None,
+            load_mode: LoadMode::default(),
+            flash_attn: FlashAttn::default(),
+            type_k: KvType::default(),
+            type_v: KvType::default(),
+            template: TemplateChoice::default(),
+            image_min_tokens: None,
+            image_max_tokens: None,
             verbose: false,
         }
     }
+
+    /// Sets the projector.
+    pub fn mmproj(mut self, path: impl Into<PathBuf>) -> Self {
+        self.mmproj = Some(path.into());
+        self
+    }
 }
 
-/// A loaded text model with its optional projector.
+/// A loaded text model with its optional projector and chat template.
 pub struct Engine {
     // Declared first so that it is dropped before the model it refers to.
     mtmd: Option<Mtmd>,
     model: Model,
-    template: String,
-    eog_tokens: Vec<i32>,
+    template: ChatTemplate,
     options: EngineOptions,
 }
 
@@ -61,29 +95,22 @@ impl Engine {
     /// Loads and cross-checks the model and projector.
     pub fn load(options: EngineOptions) -> Result<Self> {
         ffi::init_backend(options.verbose);
-        gguf::check_file(&options.model, "model (-m)")?;
-        let model = Model::load(&options.model, options.n_gpu_layers)?;
+        let model_err = |cause: String| Error::ModelFile {
+            path: options.model.clone(),
+            cause,
+        };
+        gguf::check_file(&options.model, "model").map_err(model_err)?;
+        let model = Model::load(&options.model, options.n_gpu_layers, options.load_mode)?;
         let mtmd = match &options.mmproj {
             Some(path) => Some(load_projector(path, &model, &options)?),
             None => None,
         };
-        let template = match &options.chat_template {
-            Some(t) => t.clone(),
-            None => model
-                .chat_template()
-                .unwrap_or_else(|| "chatml".to_string()),
-        };
-        // Fail early on a template llama.cpp cannot apply.
-        ffi::apply_chat_template(&template, &[("user".into(), "hi".into())], true)
-            .with_context(|| format!("{}: chat template", options.model.display()))?;
-        let eog_tokens = (0..model.n_vocab() as i32)
-            .filter(|&t| model.is_eog(t))
-            .collect();
+        let template = ChatTemplate::new(&options.template, &model)
+            .map_err(|e| model_err(format!("chat template: {e}")))?;
         Ok(Self {
             mtmd,
             model,
             template,
-            eog_tokens,
             options,
         })
     }
@@ -104,47 +131,53 @@ impl Engine {
     }
 
     /// The chat template in use.
-    pub fn template(&self) -> &str {
+    pub fn template(&self) -> &ChatTemplate {
         &self.template
     }
 
-    /// End-of-generation tokens of the vocabulary.
-    pub fn eog_tokens(&self) -> &[i32] {
-        &self.eog_tokens
-    }
-
-    /// A fresh conversation; `hook` sees graph tensors (capture, callback steering).
-    pub fn session(&self, hook: Option<SharedHook>) -> Result<Session<'_>> {
-        self.session_with(hook, false)
-    }
-
-    /// Like [`Engine::session`], also returning final-norm embeddings when `embeddings`.
-    pub fn session_with(&self, hook: Option<SharedHook>, embeddings: bool) -> Result<Session<'_>> {
-        let params = ContextParams {
-            n_ctx: self.options.n_ctx,
-            n_batch: self.options.n_batch,
-            n_threads: self.options.n_threads,
+    /// Parameters of a context for `n_seq` sequences.
+    pub fn context_params(&self, n_seq: u32, embeddings: bool) -> ContextParams {
+        let o = &self.options;
+        ContextParams {
+            n_ctx: o.n_ctx,
+            n_batch: o.n_batch,
+            n_ubatch: o.n_ubatch,
+            n_threads: o.n_threads,
+            n_threads_batch: o.n_threads_batch,
+            n_seq,
             embeddings,
-        };
-        Session::new(self, ffi::Context::new(&self.model, &params, hook)?)
+            flash_attn: o.flash_attn,
+            type_k: o.type_k,
+            type_v: o.type_v,
+        }
     }
 }
 
 fn load_projector(path: &Path, model: &Model, options: &EngineOptions) -> Result<Mtmd> {
-    gguf::check_file(path, "mmproj (--mmproj)")?;
-    if let Some(width) = gguf::projector_width(path)? {
-        if width != model.n_embd_inp() {
-            bail!(
-                "{}: this mmproj outputs {width}-wide embeddings but {} expects {}: use the mmproj made for this model",
-                path.display(),
-                options.model.display(),
-                model.n_embd_inp()
-            );
-        }
+    let err = |cause: String| Error::ProjectorFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    gguf::check_file(path, "mmproj").map_err(err)?;
+    let width = gguf::projector_width(path).map_err(|e| err(e.to_string()))?;
+    if let Some(width) = width.filter(|&w| w != model.n_embd_inp()) {
+        return Err(Error::ProjectorMismatch {
+            mmproj: path.to_path_buf(),
+            model: options.model.clone(),
+            width,
+            expected: model.n_embd_inp(),
+        });
     }
-    let mtmd = Mtmd::load(path, model, options.n_threads, options.n_gpu_layers != 0)?;
+    let params = MtmdParams {
+        n_threads: options.n_threads,
+        use_gpu: options.n_gpu_layers != 0,
+        flash_attn: options.flash_attn,
+        image_min_tokens: options.image_min_tokens,
+        image_max_tokens: options.image_max_tokens,
+    };
+    let mtmd = Mtmd::load(path, model, &params)?;
     if !mtmd.supports_vision() {
-        bail!("{}: this mmproj has no vision encoder", path.display());
+        return Err(err("this mmproj has no vision encoder".into()));
     }
     Ok(mtmd)
 }

@@ -2,10 +2,41 @@
 //! files before llama.cpp sees them and to read and write cmrm's vector files.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context as _, Result};
+use crate::atomic::AtomicFile;
+use crate::error::Error;
+
+/// Why a GGUF file cannot be read.
+#[derive(Debug)]
+pub enum GgufError {
+    /// The file cannot be opened or read.
+    Io(std::io::Error),
+    /// The bytes are not a well-formed GGUF file.
+    Format(String),
+}
+
+impl std::fmt::Display for GgufError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GgufError::Io(e) => write!(f, "cannot read: {e}"),
+            GgufError::Format(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<std::io::Error> for GgufError {
+    fn from(e: std::io::Error) -> Self {
+        GgufError::Io(e)
+    }
+}
+
+type Result<T, E = GgufError> = std::result::Result<T, E>;
+
+fn format_err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(GgufError::Format(msg.into()))
+}
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const ALIGNMENT: u64 = 32;
@@ -83,58 +114,76 @@ impl Header {
     }
 }
 
-/// Checks that `path` exists and starts like a GGUF file; `what` names its role in errors.
-pub fn check_file(path: &Path, what: &str) -> Result<()> {
-    let mut f = File::open(path)
-        .with_context(|| format!("{}: cannot open the {what}: check the path", path.display()))?;
+/// Checks that `path` is a readable file that starts like a GGUF file; the error is a cause to
+/// put after the file's name. `what` names its role ("model", "mmproj", ...).
+pub fn check_file(path: &Path, what: &str) -> std::result::Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("is a folder, not a {what} file"));
+    }
+    let mut f =
+        File::open(path).map_err(|e| format!("cannot open the {what} ({e}): check the path"))?;
     let mut magic = [0u8; 4];
     if f.read_exact(&mut magic).is_err() || &magic != MAGIC {
-        bail!(
-            "{}: not a GGUF file (the {what} must be a llama.cpp .gguf file)",
-            path.display()
-        );
+        return Err(format!(
+            "not a GGUF file (the {what} must be a llama.cpp .gguf file)"
+        ));
     }
     Ok(())
 }
 
 /// Reads the header of a GGUF file.
 pub fn read_header(path: &Path) -> Result<Header> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut r = Reader {
-        inner: BufReader::new(file),
-        len,
-        pos: 0,
-    };
-    r.header()
-        .with_context(|| format!("{}: corrupt or truncated GGUF file", path.display()))
+    Reader::new(BufReader::new(file), len).header()
 }
 
-/// Reads an F32 tensor's data.
-pub fn read_f32_tensor(path: &Path, header: &Header, info: &TensorInfo) -> Result<Vec<f32>> {
-    ensure!(
-        info.ggml_type == TYPE_F32,
-        "{}: tensor {} is not F32",
-        path.display(),
-        info.name
-    );
-    let n: u64 = info.dims.iter().product();
-    let start = header.data_offset + info.offset;
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    ensure!(
-        start.checked_add(n * 4).is_some_and(|end| end <= len),
-        "{}: tensor {} lies past the end of the file (truncated?)",
-        path.display(),
-        info.name
-    );
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = vec![0u8; (n * 4) as usize];
-    file.read_exact(&mut bytes)?;
-    Ok(bytes
+/// Reads the header of a GGUF file held in memory.
+pub fn parse_header(bytes: &[u8]) -> Result<Header> {
+    Reader::new(bytes, bytes.len() as u64).header()
+}
+
+/// Where an F32 tensor's data lies in the file: (start, byte length), checked against `len`.
+fn f32_span(header: &Header, info: &TensorInfo, len: u64) -> Result<(u64, u64)> {
+    if info.ggml_type != TYPE_F32 {
+        return format_err(format!("tensor {} is not F32", info.name));
+    }
+    let bytes = info
+        .dims
+        .iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= len);
+    let start = header.data_offset.checked_add(info.offset);
+    match (start, bytes) {
+        (Some(s), Some(b)) if s.checked_add(b).is_some_and(|end| end <= len) => Ok((s, b)),
+        _ => format_err(format!(
+            "tensor {} lies past the end of the file (truncated?)",
+            info.name
+        )),
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+        .collect()
+}
+
+/// Reads an F32 tensor's data from a file.
+pub fn read_f32_tensor(path: &Path, header: &Header, info: &TensorInfo) -> Result<Vec<f32>> {
+    let mut file = File::open(path)?;
+    let (start, n) = f32_span(header, info, file.metadata()?.len())?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = vec![0u8; n as usize];
+    file.read_exact(&mut bytes)?;
+    Ok(f32s(&bytes))
+}
+
+/// Reads an F32 tensor's data from a file held in memory.
+pub fn f32_tensor_in(bytes: &[u8], header: &Header, info: &TensorInfo) -> Result<Vec<f32>> {
+    let (start, n) = f32_span(header, info, bytes.len() as u64)?;
+    Ok(f32s(&bytes[start as usize..(start + n) as usize]))
 }
 
 /// A fingerprint of a GGUF file: FNV-1a (64-bit, hex) of its whole header (metadata and
@@ -148,7 +197,9 @@ pub fn fingerprint(path: &Path) -> Result<String> {
     let mut left = header.data_offset;
     while left > 0 {
         let n = f.read(&mut buf[..left.min(65536) as usize])?;
-        ensure!(n > 0, "{}: truncated header", path.display());
+        if n == 0 {
+            return format_err("truncated header");
+        }
         for &b in &buf[..n] {
             hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
@@ -179,8 +230,13 @@ struct Reader<R> {
 }
 
 impl<R: Read> Reader<R> {
+    fn new(inner: R, len: u64) -> Self {
+        Self { inner, len, pos: 0 }
+    }
     fn fill(&mut self, b: &mut [u8]) -> Result<()> {
-        self.inner.read_exact(b).context("unexpected end of file")?;
+        if self.inner.read_exact(b).is_err() {
+            return format_err("unexpected end of file (truncated?)");
+        }
         self.pos += b.len() as u64;
         Ok(())
     }
@@ -195,24 +251,29 @@ impl<R: Read> Reader<R> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
-    /// A count that must fit in the file (each item takes at least `min_size` bytes).
+    /// A count that must fit in the rest of the file (each item takes at least `min_size`
+    /// bytes), checked before anything is allocated for it.
     fn count(&mut self, min_size: u64) -> Result<u64> {
         let n = self.u64()?;
-        ensure!(
-            n.saturating_mul(min_size) <= self.len,
-            "implausible count {n}"
-        );
+        let left = self.len.saturating_sub(self.pos);
+        if n.saturating_mul(min_size) > left {
+            return format_err(format!(
+                "a count of {n} does not fit in the {left} bytes left (corrupt or truncated?)"
+            ));
+        }
         Ok(n)
     }
     fn string(&mut self) -> Result<String> {
         let n = self.count(1)?;
         let mut b = vec![0u8; n as usize];
         self.fill(&mut b)?;
-        String::from_utf8(b).context("string is not UTF-8")
+        String::from_utf8(b).or_else(|_| format_err("a string is not UTF-8"))
     }
     fn skip(&mut self, n: u64) -> Result<()> {
         let copied = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())?;
-        ensure!(copied == n, "unexpected end of file");
+        if copied != n {
+            return format_err("unexpected end of file (truncated?)");
+        }
         self.pos += n;
         Ok(())
     }
@@ -235,35 +296,44 @@ impl<R: Read> Reader<R> {
             10 => Value::U64(self.u64()?),
             9 => {
                 let et = self.u32()?;
-                let n = self.count(1)?;
                 match et {
-                    6 => Value::F32s(
-                        (0..n)
-                            .map(|_| Ok(f32::from_bits(self.u32()?)))
-                            .collect::<Result<_>>()?,
-                    ),
-                    8 => Value::Strs((0..n).map(|_| self.string()).collect::<Result<_>>()?),
+                    6 => {
+                        let n = self.count(4)?;
+                        let mut b = vec![0u8; n as usize * 4];
+                        self.fill(&mut b)?;
+                        Value::F32s(f32s(&b))
+                    }
+                    8 => {
+                        let n = self.count(8)?;
+                        Value::Strs((0..n).map(|_| self.string()).collect::<Result<_>>()?)
+                    }
                     _ => {
-                        let size = Self::scalar_size(et).context("unknown array type")?;
+                        let Some(size) = Self::scalar_size(et) else {
+                            return format_err(format!("unknown array element type {et}"));
+                        };
+                        let n = self.count(size)?;
                         self.skip(n * size)?;
                         Value::Other(9)
                     }
                 }
             }
             _ => {
-                let size = Self::scalar_size(t).with_context(|| format!("unknown type {t}"))?;
+                let Some(size) = Self::scalar_size(t) else {
+                    return format_err(format!("unknown value type {t}"));
+                };
                 self.skip(size)?;
                 Value::Other(t)
             }
         })
     }
     fn header(&mut self) -> Result<Header> {
-        ensure!(&self.bytes::<4>()? == MAGIC, "not a GGUF file");
+        if &self.bytes::<4>()? != MAGIC {
+            return format_err("not a GGUF file");
+        }
         let version = self.u32()?;
-        ensure!(
-            (2..=3).contains(&version),
-            "unsupported GGUF version {version}"
-        );
+        if !(2..=3).contains(&version) {
+            return format_err(format!("unsupported GGUF version {version}"));
+        }
         let n_tensors = self.count(24)?;
         let n_kv = self.count(12)?;
         let mut h = Header::default();
@@ -273,14 +343,19 @@ impl<R: Read> Reader<R> {
             let t = self.u32()?;
             let v = self.value(t)?;
             if key == "general.alignment" {
-                alignment = v.as_u64().filter(|a| *a > 0).unwrap_or(ALIGNMENT);
+                alignment = v
+                    .as_u64()
+                    .filter(|a| *a > 0 && a.is_power_of_two())
+                    .unwrap_or(ALIGNMENT);
             }
             h.kv.push((key, v));
         }
         for _ in 0..n_tensors {
             let name = self.string()?;
             let n_dims = self.u32()?;
-            ensure!(n_dims <= 4, "tensor {name} has {n_dims} dimensions");
+            if n_dims > 4 {
+                return format_err(format!("tensor {name} has {n_dims} dimensions"));
+            }
             let dims = (0..n_dims)
                 .map(|_| self.u64())
                 .collect::<Result<Vec<_>>>()?;
@@ -293,7 +368,11 @@ impl<R: Read> Reader<R> {
                 offset,
             });
         }
-        h.data_offset = self.pos.div_ceil(alignment) * alignment;
+        h.data_offset = self
+            .pos
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .map_or_else(|| format_err("bad alignment"), Ok)?;
         Ok(h)
     }
 }
@@ -311,54 +390,61 @@ fn value_size(v: &Value) -> u64 {
     }
 }
 
-/// Writes a GGUF file of F32 tensors atomically (temp file + rename).
-pub fn write(path: &Path, kv: &[(String, Value)], tensors: &[(String, Vec<f32>)]) -> Result<()> {
-    let tmp = path.with_extension("gguf.tmp");
-    {
-        let mut w = BufWriter::new(
-            File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
-        );
-        w.write_all(MAGIC)?;
-        w.write_all(&3u32.to_le_bytes())?;
-        w.write_all(&(tensors.len() as u64).to_le_bytes())?;
-        w.write_all(&(kv.len() as u64).to_le_bytes())?;
-        let mut pos = 24u64;
-        for (k, v) in kv {
-            write_str(&mut w, k)?;
-            write_value(&mut w, v)?;
-            pos += 8 + k.len() as u64 + 4 + value_size(v);
-        }
-        let mut offset = 0u64;
-        for (name, data) in tensors {
-            write_str(&mut w, name)?;
-            w.write_all(&1u32.to_le_bytes())?;
-            w.write_all(&(data.len() as u64).to_le_bytes())?;
-            w.write_all(&TYPE_F32.to_le_bytes())?;
-            w.write_all(&offset.to_le_bytes())?;
-            pos += 8 + name.len() as u64 + 4 + 8 + 4 + 8;
-            offset += (data.len() as u64 * 4).div_ceil(ALIGNMENT) * ALIGNMENT;
-        }
-        let pad = pos.div_ceil(ALIGNMENT) * ALIGNMENT - pos;
-        w.write_all(&vec![0u8; pad as usize])?;
-        for (_, data) in tensors {
-            for x in data {
-                w.write_all(&x.to_le_bytes())?;
-            }
-            let n = data.len() as u64 * 4;
-            w.write_all(&vec![0u8; (n.div_ceil(ALIGNMENT) * ALIGNMENT - n) as usize])?;
-        }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+/// Writes a GGUF file of F32 tensors atomically.
+pub fn write(
+    path: &Path,
+    kv: &[(String, Value)],
+    tensors: &[(String, Vec<f32>)],
+) -> Result<(), Error> {
+    let mut w = AtomicFile::create(path)?;
+    encode(&mut w, kv, tensors).map_err(|e| Error::io(path, "write", e))?;
+    w.commit()
 }
 
-fn write_str(w: &mut impl Write, s: &str) -> Result<()> {
+fn encode(
+    w: &mut impl Write,
+    kv: &[(String, Value)],
+    tensors: &[(String, Vec<f32>)],
+) -> std::io::Result<()> {
+    w.write_all(MAGIC)?;
+    w.write_all(&3u32.to_le_bytes())?;
+    w.write_all(&(tensors.len() as u64).to_le_bytes())?;
+    w.write_all(&(kv.len() as u64).to_le_bytes())?;
+    let mut pos = 24u64;
+    for (k, v) in kv {
+        write_str(w, k)?;
+        write_value(w, v)?;
+        pos += 8 + k.len() as u64 + 4 + value_size(v);
+    }
+    let mut offset = 0u64;
+    for (name, data) in tensors {
+        write_str(w, name)?;
+        w.write_all(&1u32.to_le_bytes())?;
+        w.write_all(&(data.len() as u64).to_le_bytes())?;
+        w.write_all(&TYPE_F32.to_le_bytes())?;
+        w.write_all(&offset.to_le_bytes())?;
+        pos += 8 + name.len() as u64 + 4 + 8 + 4 + 8;
+        offset += (data.len() as u64 * 4).div_ceil(ALIGNMENT) * ALIGNMENT;
+    }
+    let pad = pos.div_ceil(ALIGNMENT) * ALIGNMENT - pos;
+    w.write_all(&vec![0u8; pad as usize])?;
+    for (_, data) in tensors {
+        for x in data {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        let n = data.len() as u64 * 4;
+        w.write_all(&vec![0u8; (n.div_ceil(ALIGNMENT) * ALIGNMENT - n) as usize])?;
+    }
+    Ok(())
+}
+
+fn write_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
     w.write_all(&(s.len() as u64).to_le_bytes())?;
     w.write_all(s.as_bytes())?;
     Ok(())
 }
 
-fn write_value(w: &mut impl Write, v: &Value) -> Result<()> {
+fn write_value(w: &mut impl Write, v: &Value) -> std::io::Result<()> {
     match v {
         Value::U32(x) => {
             w.write_all(&4u32.to_le_bytes())?;
@@ -400,7 +486,11 @@ fn write_value(w: &mut impl Write, v: &Value) -> Result<()> {
                 write_str(w, s)?;
             }
         }
-        Value::Other(t) => bail!("cannot write a value of GGUF type {t}"),
+        Value::Other(t) => {
+            return Err(std::io::Error::other(format!(
+                "cannot write a value of GGUF type {t}"
+            )))
+        }
     }
     Ok(())
 }

@@ -4,17 +4,43 @@
 //! A VLM's safety alignment lives in its language backbone, trained on text. Images shift the
 //! backbone's hidden states away from the text-only distribution and refusals collapse. CMRM
 //! estimates that shift per layer and removes it at inference time. This crate loads GGUF VLMs
-//! through llama.cpp's multimodal (mtmd) path ([`engine`], [`session`]), reads and edits the
-//! residual stream inside llama.cpp's compute graph ([`ffi`]), and generates with streaming
-//! output.
+//! through llama.cpp's multimodal (mtmd) path ([`Engine`]), holds conversations whose turns are
+//! steered ([`Session`], [`CmrmSteering`]), reads and edits the residual stream inside
+//! llama.cpp's compute graph ([`ffi`]), and measures what CMRM restores ([`eval`]).
+//!
+//! A steered image turn:
+//!
+//! ```no_run
+//! use cmrm::{CmrmSteering, CmrmVectors, Engine, EngineOptions, GenerateOptions, Session, SessionOptions, Turn};
+//!
+//! let engine = Engine::load(EngineOptions::new("model.gguf", Some("mmproj.gguf".into())))?;
+//! let vectors = CmrmVectors::load_for("model.cmrm.gguf".as_ref(), &engine, false)?;
+//! let steering = CmrmSteering::from_vectors(&engine, &vectors)?;
+//! let mut session = Session::new(&engine, SessionOptions::new().steering(steering))?;
+//! let turn = Turn::user("What is in this picture?").image(cmrm::media::load("photo.jpg")?);
+//! let answer = session.send(&turn, &GenerateOptions::greedy(64), &mut |piece| {
+//!     print!("{piece}");
+//!     true
+//! })?;
+//! println!("\nsteering: {:?}", answer.steering);
+//! # Ok::<(), cmrm::Error>(())
+//! ```
+//!
+//! Layers, each using only the ones below it: the command line; [`eval`], [`calibrate`],
+//! [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`]; [`engine`] and
+//! [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`], [`media`], [`gguf`],
+//! [`data`], [`sampling`] and [`progress`].
 
+pub mod atomic;
 pub mod calibrate;
 pub mod capture;
 pub mod data;
 pub mod engine;
+pub mod error;
 pub mod eval;
 pub mod ffi;
 pub mod gguf;
+pub mod math;
 pub mod media;
 pub mod plot;
 pub mod progress;
@@ -22,8 +48,12 @@ pub mod report;
 pub mod sampling;
 pub mod session;
 pub mod steer;
+pub mod template;
 pub mod vectors;
 
 pub use engine::{Engine, EngineOptions};
+pub use error::{Error, Result};
 pub use sampling::SamplingParams;
-pub use session::{Generation, NoHooks, Phase, Prompt, PromptHooks, Session, StopReason};
+pub use session::{GenerateOptions, Generation, Session, SessionOptions, StopReason, Turn};
+pub use steer::CmrmSteering;
+pub use vectors::CmrmVectors;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::report(&e);
             ExitCode::FAILURE
         }
     }

@@ -1,43 +1,135 @@
-//! Images for the projector: decoded from files or data URIs with clear errors, and the
-//! meaningless images CMRM uses as corruption (blank, seeded noise).
+//! Images for the projector: decoded from files or data URIs (PNG, JPEG, BMP, GIF, WebP) with
+//! clear errors and bounded memory, and the meaningless images CMRM uses as corruption (blank,
+//! seeded noise, a user image).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
 use image::RgbImage;
 
+use crate::error::{Error, Result};
+
+/// Largest width or height accepted, in pixels.
+pub const MAX_SIDE: u32 = 16384;
+/// Largest decoded size accepted, in bytes (the decoder's own allocation limit).
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
+fn image_error(source: &str, cause: impl Into<String>) -> Error {
+    Error::Image {
+        source_name: source.to_string(),
+        cause: cause.into(),
+    }
+}
+
+/// An RGB image with a content hash, so that the same picture is recognised in a prompt cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pixels: RgbImage,
+    hash: u64,
+}
+
+impl Image {
+    /// The pixels.
+    pub fn pixels(&self) -> &RgbImage {
+        &self.pixels
+    }
+
+    /// A hash of the size and pixels (FNV-1a, 64 bits).
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl From<RgbImage> for Image {
+    fn from(pixels: RgbImage) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let dims = [pixels.width().to_le_bytes(), pixels.height().to_le_bytes()];
+        for &b in dims.iter().flatten().chain(pixels.as_raw()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        Self { pixels, hash: h }
+    }
+}
+
 /// Loads an image from a path or a `data:image/...;base64,` URI.
+pub fn load_image(source: &str) -> Result<Image> {
+    load(source).map(Image::from)
+}
+
+/// Loads an image's pixels from a path or a `data:image/...;base64,` URI.
 pub fn load(source: &str) -> Result<RgbImage> {
-    if let Some(rest) = source.strip_prefix("data:") {
-        let b64 = rest
-            .split_once(";base64,")
-            .map(|(_, b)| b)
-            .context("data URI must be of the form data:image/<type>;base64,<data>")?;
-        let bytes = base64_decode(b64).context("data URI: invalid base64")?;
+    if source.starts_with("data:") {
+        let bytes = decode_data_uri(source)?;
         return decode(&bytes, "data URI");
     }
     let path = Path::new(source);
+    if path.is_dir() {
+        return Err(image_error(source, "is a folder, not an image file"));
+    }
     let bytes = std::fs::read(path)
-        .with_context(|| format!("{}: cannot read image file", path.display()))?;
-    decode(&bytes, &path.display().to_string())
+        .map_err(|e| image_error(source, format!("cannot read image file ({e})")))?;
+    decode(&bytes, source)
 }
 
-/// Decodes image bytes (PNG, JPEG); `what` names the source in errors.
+/// The bytes of a `data:[<type>][;base64],<data>` URI (base64 only).
+pub fn decode_data_uri(uri: &str) -> Result<Vec<u8>> {
+    let rest = uri
+        .strip_prefix("data:")
+        .ok_or_else(|| image_error("data URI", "does not start with data:"))?;
+    let (_, b64) = rest.split_once(";base64,").ok_or_else(|| {
+        image_error(
+            "data URI",
+            "must be of the form data:image/<type>;base64,<data>",
+        )
+    })?;
+    decode_base64(b64).map_err(|e| image_error("data URI", e))
+}
+
+/// Standard or URL-safe base64, padding optional, whitespace ignored.
+pub fn decode_base64(text: &str) -> std::result::Result<Vec<u8>, String> {
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(clean.trim_end_matches('='))
+        .map_err(|e| format!("invalid base64 ({e})"))
+}
+
+/// Decodes image bytes (PNG, JPEG, BMP, GIF, WebP); `what` names the source in errors.
 pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
     if bytes.is_empty() {
-        bail!("{what}: image file is empty (0 bytes)");
+        return Err(image_error(what, "image file is empty (0 bytes)"));
     }
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .with_context(|| format!("{what}: cannot read image"))?
-        .decode()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{what}: not a readable PNG or JPEG image ({e}); check the file is complete"
-            )
-        })?;
+        .map_err(|e| image_error(what, format!("cannot read image ({e})")))?;
+    if reader.format().is_none() {
+        return Err(image_error(
+            what,
+            "not an image cmrm can read (PNG, JPEG, BMP, GIF or WebP)",
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| {
+        image_error(
+            what,
+            format!("not a readable PNG, JPEG, BMP, GIF or WebP image ({e}); check the file is complete"),
+        )
+    })?;
     if img.width() == 0 || img.height() == 0 {
-        bail!("{what}: image has zero size");
+        return Err(image_error(what, "image has zero size"));
     }
     Ok(img.to_rgb8())
 }
@@ -62,26 +154,92 @@ pub fn noise(size: u32, seed: u64) -> RgbImage {
     })
 }
 
-fn base64_decode(s: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => bail!("invalid character {:?}", c as char),
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
+/// Side of the generated corruption images, in pixels.
+pub const CORRUPTION_SIZE: u32 = 224;
+
+/// The meaningless image that stands in for the real one when CMRM estimates a shift.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Corruption {
+    /// Uniform mid-grey.
+    Blank,
+    /// Uniform noise from a seed (calibration adds the anchor's index to it).
+    Noise(u64),
+    /// The input's own image: the shift against the text alone.
+    Anchor,
+    /// One user image for every input.
+    Image(PathBuf),
+}
+
+impl Corruption {
+    /// The image for input number `index` whose own image is `own`.
+    pub fn image(&self, own: Option<&str>, index: u64) -> Result<RgbImage> {
+        match self {
+            Corruption::Blank => Ok(blank(CORRUPTION_SIZE)),
+            Corruption::Noise(seed) => Ok(noise(CORRUPTION_SIZE, seed.wrapping_add(index))),
+            Corruption::Anchor => load(own.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "input {} has no image of its own (corruption `anchor` needs one)",
+                    index + 1
+                ))
+            })?),
+            Corruption::Image(p) => load(&p.to_string_lossy()),
         }
     }
-    Ok(out)
+
+    /// Whether every input gets the same image (so that it can be encoded once).
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, Corruption::Blank | Corruption::Image(_))
+    }
+}
+
+impl FromStr for Corruption {
+    type Err = String;
+
+    /// `blank`, `noise`, `noise:SEED`, `anchor`, or the path of an image file that exists.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "blank" => return Ok(Corruption::Blank),
+            "noise" => return Ok(Corruption::Noise(0)),
+            "anchor" => return Ok(Corruption::Anchor),
+            _ => {}
+        }
+        if let Some(seed) = s.strip_prefix("noise:") {
+            return seed
+                .parse()
+                .map(Corruption::Noise)
+                .map_err(|_| format!("{s:?}: the seed after noise: must be a whole number"));
+        }
+        if Path::new(s).is_file() {
+            return Ok(Corruption::Image(PathBuf::from(s)));
+        }
+        Err(format!(
+            "{s:?} is neither blank, noise, noise:SEED, anchor nor an image file that exists"
+        ))
+    }
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corruption::Blank => f.write_str("blank"),
+            Corruption::Noise(seed) => write!(f, "noise:{seed}"),
+            Corruption::Anchor => f.write_str("anchor"),
+            Corruption::Image(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Corruption {
+    /// The name stored in vector files: like [`Display`](fmt::Display), with only the file
+    /// name of a user image.
+    pub fn file_name(&self) -> String {
+        match self {
+            Corruption::Image(p) => p
+                .file_name()
+                .map_or("image".into(), |n| n.to_string_lossy().into()),
+            c => c.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -94,35 +252,54 @@ mod tests {
         blank(4)
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
-        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = String::new();
-        for c in png.chunks(3) {
-            let n = c.len();
-            let v = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                b64.push(if i <= n {
-                    T[(v >> (18 - 6 * i)) as usize & 63] as char
-                } else {
-                    '='
-                });
-            }
-        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
         let img = load(&format!("data:image/png;base64,{b64}")).unwrap();
         assert_eq!(img.dimensions(), (4, 4));
+        let e = load("data:image/png;base64,@@@").unwrap_err().to_string();
+        assert!(e.contains("data URI") && e.contains("base64"), "{e}");
+    }
+
+    #[test]
+    fn every_format_llama_cpp_reads_decodes() {
+        for format in [
+            image::ImageFormat::Png,
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::Bmp,
+            image::ImageFormat::Gif,
+            image::ImageFormat::WebP,
+        ] {
+            let mut bytes = Vec::new();
+            image::DynamicImage::ImageRgb8(noise(8, 1))
+                .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+                .unwrap();
+            assert_eq!(
+                decode(&bytes, "x").unwrap().dimensions(),
+                (8, 8),
+                "{format:?}"
+            );
+        }
     }
 
     #[test]
     fn bad_bytes_are_clear_errors() {
         assert!(decode(&[], "x").unwrap_err().to_string().contains("empty"));
         let e = decode(b"hello", "x.png").unwrap_err().to_string();
-        assert!(e.contains("x.png") && e.contains("not a readable"), "{e}");
+        assert!(e.contains("x.png") && e.contains("not an image"), "{e}");
     }
 
     #[test]
     fn noise_is_seeded() {
         assert_eq!(noise(8, 3), noise(8, 3));
         assert_ne!(noise(8, 3), noise(8, 4));
+    }
+
+    #[test]
+    fn corruptions_parse_and_misspellings_are_refused() {
+        assert_eq!("noise:7".parse::<Corruption>(), Ok(Corruption::Noise(7)));
+        assert_eq!("blank".parse::<Corruption>(), Ok(Corruption::Blank));
+        let e = "nosie".parse::<Corruption>().unwrap_err();
+        assert!(e.contains("nosie") && e.contains("noise:SEED"), "{e}");
+        assert!("noise:x".parse::<Corruption>().is_err());
+        assert_eq!(Corruption::Noise(3).to_string(), "noise:3");
     }
 }

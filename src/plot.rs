@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context as _, Result};
+use crate::error::{Error, Result};
 use image::{Rgb, RgbImage};
 
 /// Series colours (colour-blind friendly, Okabe-Ito).
@@ -66,7 +66,12 @@ impl Chart {
             .flat_map(|s| s.points.iter().copied())
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
-        ensure!(!pts.is_empty(), "nothing to plot in {:?}", self.title);
+        if pts.is_empty() {
+            return Err(Error::Invalid(format!(
+                "nothing to plot in {:?}",
+                self.title
+            )));
+        }
         let (x0, x1) = nice_range(pts.iter().map(|p| p.0));
         let (y0, y1) = nice_range(pts.iter().map(|p| p.1));
         let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
@@ -151,8 +156,8 @@ impl Chart {
             &mut std::io::Cursor::new(&mut bytes),
             image::ImageFormat::Png,
         )
-        .context("encoding PNG")?;
-        crate::eval::journal::write_atomic(path, &bytes)
+        .map_err(|e| Error::Invalid(format!("encoding a PNG: {e}")))?;
+        crate::atomic::write(path, &bytes)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use crate::error::{Error, Result};
 
 /// Sections: (title, summary table file, plots, what it shows).
 const SECTIONS: &[(&str, &str, &[&str], &str)] = &[
@@ -29,7 +29,8 @@ pub fn build(dir: &Path) -> Result<String> {
         ));
         let mut all: Vec<String> = plots.iter().map(|p| p.to_string()).collect();
         if *table == "gap-summary.md" {
-            let mut pca: Vec<String> = std::fs::read_dir(dir)?
+            let mut pca: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, "read", e))?
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter(|n| n.starts_with("gap-pca-") && n.ends_with(".png"))
                 .collect();
@@ -45,12 +46,16 @@ pub fn build(dir: &Path) -> Result<String> {
             }
         }
     }
-    ensure!(
-        found > 0,
-        "{}: no summaries found (run cmrm eval / analyze / sweep with --out {} first)",
-        dir.display(),
-        dir.display()
-    );
+    if found == 0 {
+        return Err(Error::data(
+            dir,
+            None,
+            format!(
+                "no summaries found (run cmrm eval / analyze / sweep with --out {} first)",
+                dir.display()
+            ),
+        ));
+    }
     Ok(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>cmrm report</title>\n<style>\
 body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\

@@ -51,7 +51,11 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], banned: &[i32]) -> i32 {
         let allowed = |i: usize| !banned.contains(&(i as i32));
         if self.params.temp <= 0.0 {
-            return argmax(logits.iter().enumerate().filter(|(i, _)| allowed(*i))) as i32;
+            let best = logits.iter().enumerate().filter(|(i, _)| allowed(*i)).fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &l)| if l > b.1 { (i, l) } else { b },
+            );
+            return best.0 as i32;
         }
         let mut cand: Vec<(usize, f32)> = logits
             .iter()
@@ -91,17 +95,6 @@ impl Sampler {
         }
         cand[probs.len() - 1].0 as i32
     }
-}
-
-fn argmax<'a>(it: impl Iterator<Item = (usize, &'a f32)>) -> usize {
-    it.fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-        if l > best.1 {
-            (i, l)
-        } else {
-            best
-        }
-    })
-    .0
 }
 
 #[cfg(test)]

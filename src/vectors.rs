@@ -2,15 +2,17 @@
 //! 1..n_layer-1, so plain llama.cpp loads them with `--control-vector`), plus `cmrm.*` metadata
 //! with the raw per-layer shift estimates from which any application rule can be rebuilt.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use anyhow::{bail, ensure, Context as _, Result};
-
+use crate::engine::Engine;
+use crate::error::{Error, Result};
 use crate::gguf::{self, Value};
-use crate::steer::{Apply, Positions, SteerConfig};
+use crate::session::{Layers, SteerConfig};
 
 /// How the per-anchor shifts were aggregated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// Mean of the anchors' shifts.
     Mean,
@@ -18,21 +20,23 @@ pub enum Method {
     Pca,
 }
 
-impl Method {
-    /// The name stored in files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Mean => "mean",
-            Method::Pca => "pca",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
+impl FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "mean" => Ok(Method::Mean),
             "pca" => Ok(Method::Pca),
-            _ => bail!("unknown method {s:?}"),
+            _ => Err(format!("{s:?} is not an aggregation method (mean, pca)")),
         }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Mean => "mean",
+            Method::Pca => "pca",
+        })
     }
 }
 
@@ -49,6 +53,36 @@ pub struct ModelId {
     pub model_fingerprint: String,
     /// Fingerprint of the mmproj's GGUF header, when one was used.
     pub mmproj_fingerprint: String,
+}
+
+impl ModelId {
+    /// The identity of the engine's model and projector, for vector files.
+    pub fn of(engine: &Engine) -> Result<Self> {
+        let o = engine.options();
+        let fp = |p: &Path, model: bool| {
+            crate::gguf::fingerprint(p).map_err(|e| {
+                let (path, cause) = (p.to_path_buf(), e.to_string());
+                if model {
+                    Error::ModelFile { path, cause }
+                } else {
+                    Error::ProjectorFile { path, cause }
+                }
+            })
+        };
+        Ok(ModelId {
+            n_embd: engine.model().n_embd(),
+            n_layer: engine.model().n_layer(),
+            arch: engine
+                .model()
+                .meta("general.architecture")
+                .unwrap_or_default(),
+            model_fingerprint: fp(&o.model, true)?,
+            mmproj_fingerprint: match &o.mmproj {
+                Some(p) => fp(p, false)?,
+                None => String::new(),
+            },
+        })
+    }
 }
 
 /// A set of CMRM shift vectors with the settings they were made and are meant to be used with.
@@ -73,7 +107,7 @@ pub struct CmrmVectors {
 impl CmrmVectors {
     /// The control-vector rows (layers 1..n_layer-1) for a steering configuration.
     pub fn control_rows(&self, cfg: &SteerConfig) -> Vec<f32> {
-        crate::steer::control_rows(&self.deltas, cfg)
+        cfg.control_rows(&self.deltas)
     }
 
     /// Writes the file atomically.
@@ -97,7 +131,7 @@ impl CmrmVectors {
                 "cmrm.version".into(),
                 Value::Str(env!("CARGO_PKG_VERSION").into()),
             ),
-            ("cmrm.method".into(), Value::Str(self.method.name().into())),
+            ("cmrm.method".into(), Value::Str(self.method.to_string())),
             (
                 "cmrm.corruption".into(),
                 Value::Str(self.corruption.clone()),
@@ -114,11 +148,8 @@ impl CmrmVectors {
                 Value::Str(m.mmproj_fingerprint.clone()),
             ),
             ("cmrm.alpha".into(), Value::F32(r.alpha)),
-            ("cmrm.apply".into(), Value::Str(r.apply.name().into())),
-            (
-                "cmrm.positions".into(),
-                Value::Str(r.positions.name().into()),
-            ),
+            ("cmrm.apply".into(), Value::Str(r.apply.to_string())),
+            ("cmrm.positions".into(), Value::Str(r.positions.to_string())),
             (
                 "cmrm.layer_start".into(),
                 Value::U32(r.layer_range(m.n_layer).0 as u32),
@@ -147,111 +178,138 @@ impl CmrmVectors {
 
     /// Reads and validates a vector file.
     pub fn load(path: &Path) -> Result<Self> {
-        gguf::check_file(path, "CMRM vector file")?;
-        let h = gguf::read_header(path)?;
-        let ctx = || {
-            format!(
-                "{}: not a cmrm vector file (make one with `cmrm calibrate`)",
-                path.display()
-            )
-        };
+        gguf::check_file(path, "CMRM vector file").map_err(|c| Error::vectors(path, c))?;
+        let h = gguf::read_header(path)
+            .map_err(|e| Error::vectors(path, format!("corrupt or truncated GGUF file: {e}")))?;
+        Self::from_header(&h, |t| gguf::read_f32_tensor(path, &h, t))
+            .map_err(|cause| Error::vectors(path, cause))
+    }
+
+    /// Reads and validates a vector file held in memory (`name` for messages).
+    pub fn parse(bytes: &[u8], name: &Path) -> Result<Self> {
+        let h = gguf::parse_header(bytes)
+            .map_err(|e| Error::vectors(name, format!("corrupt or truncated GGUF file: {e}")))?;
+        Self::from_header(&h, |t| gguf::f32_tensor_in(bytes, &h, t))
+            .map_err(|cause| Error::vectors(name, cause))
+    }
+
+    fn from_header(
+        h: &gguf::Header,
+        tensor: impl Fn(&gguf::TensorInfo) -> Result<Vec<f32>, gguf::GgufError>,
+    ) -> std::result::Result<Self, String> {
+        let not_cmrm = "not a cmrm vector file (make one with `cmrm calibrate`)";
         let s = |k: &str| match h.get(k) {
             Some(Value::Str(v)) => Ok(v.clone()),
-            _ => Err(anyhow::anyhow!("missing {k}")),
+            _ => Err(format!("{not_cmrm}: missing {k}")),
         };
         let u = |k: &str| {
             h.get(k)
                 .and_then(Value::as_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| anyhow::anyhow!("missing {k}"))
+                .ok_or_else(|| format!("{not_cmrm}: missing {k}"))
         };
-        let parsed = (|| -> Result<Self> {
-            ensure!(
-                s("general.architecture")? == "controlvector",
-                "not a control vector"
-            );
-            let n_embd = u("cmrm.n_embd")?;
-            let n_layer = u("cmrm.n_layer")?;
-            ensure!(n_embd > 0 && n_layer > 1, "bad shape {n_embd}x{n_layer}");
-            let Some(Value::F32s(deltas)) = h.get("cmrm.deltas") else {
-                bail!("missing cmrm.deltas");
-            };
-            ensure!(
-                deltas.len() == n_embd * n_layer,
-                "cmrm.deltas has the wrong length"
-            );
-            let alpha = match h.get("cmrm.alpha") {
-                Some(Value::F32(a)) => *a,
-                _ => bail!("missing cmrm.alpha"),
-            };
-            let recommended = SteerConfig {
-                alpha,
-                apply: Apply::parse(&s("cmrm.apply")?)?,
-                positions: Positions::parse(&s("cmrm.positions")?)?,
-                layers: (u("cmrm.layer_start")?, u("cmrm.layer_end")?),
-                ..SteerConfig::default()
-            };
-            ensure!(
-                recommended.layers.0 <= recommended.layers.1 && recommended.layers.1 < n_layer,
-                "bad layer range"
-            );
-            let anchors = match (h.get("cmrm.anchor_ids"), h.get("cmrm.anchor_deltas")) {
-                (Some(Value::Strs(ids)), Some(Value::F32s(d))) => {
-                    let ids = ids
-                        .iter()
-                        .map(|i| i.parse())
-                        .collect::<Result<Vec<u64>, _>>()?;
-                    ensure!(
-                        d.len() == ids.len() * n_embd * n_layer,
-                        "anchor deltas have the wrong length"
-                    );
-                    Some((ids, d.clone()))
+        if s("general.architecture")? != "controlvector" {
+            return Err(format!("{not_cmrm}: not a control vector"));
+        }
+        let n_embd = u("cmrm.n_embd")?;
+        let n_layer = u("cmrm.n_layer")?;
+        if n_embd == 0 || n_layer < 2 || n_embd.saturating_mul(n_layer) > 1 << 28 {
+            return Err(format!("bad shape: n_embd {n_embd}, {n_layer} layers"));
+        }
+        let Some(Value::F32s(deltas)) = h.get("cmrm.deltas") else {
+            return Err(format!("{not_cmrm}: missing cmrm.deltas"));
+        };
+        if deltas.len() != n_embd * n_layer {
+            return Err(format!(
+                "cmrm.deltas holds {} values, expected {n_layer} layers x {n_embd}",
+                deltas.len()
+            ));
+        }
+        let alpha = match h.get("cmrm.alpha") {
+            Some(Value::F32(a)) => *a,
+            _ => return Err(format!("{not_cmrm}: missing cmrm.alpha")),
+        };
+        let (start, end) = (u("cmrm.layer_start")?, u("cmrm.layer_end")?);
+        if start > end || end >= n_layer {
+            return Err(format!("bad recommended layer range {start}-{end}"));
+        }
+        let recommended = SteerConfig {
+            alpha,
+            apply: s("cmrm.apply")?.parse()?,
+            positions: s("cmrm.positions")?.parse()?,
+            layers: Layers::Range(start, end),
+            text_only: false,
+        };
+        let anchors = match (h.get("cmrm.anchor_ids"), h.get("cmrm.anchor_deltas")) {
+            (Some(Value::Strs(ids)), Some(Value::F32s(d))) => {
+                let ids = ids
+                    .iter()
+                    .map(|i| i.parse())
+                    .collect::<std::result::Result<Vec<u64>, _>>()
+                    .map_err(|_| "cmrm.anchor_ids holds a non-number".to_string())?;
+                if d.len() != ids.len() * n_embd * n_layer {
+                    return Err("cmrm.anchor_deltas has the wrong length".into());
                 }
-                _ => None,
-            };
-            for il in 1..n_layer {
-                let t = h
-                    .tensor(&format!("direction.{il}"))
-                    .with_context(|| format!("missing tensor direction.{il}"))?;
-                ensure!(
-                    t.dims == [n_embd as u64],
-                    "direction.{il} has the wrong shape"
-                );
-                gguf::read_f32_tensor(path, &h, t)?;
+                Some((ids, d.clone()))
             }
-            Ok(Self {
-                model: ModelId {
-                    n_embd,
-                    n_layer,
-                    arch: s("controlvector.model_hint")?,
-                    model_fingerprint: s("cmrm.model_fingerprint")?,
-                    mmproj_fingerprint: s("cmrm.mmproj_fingerprint").unwrap_or_default(),
-                },
-                method: Method::parse(&s("cmrm.method")?)?,
-                corruption: s("cmrm.corruption")?,
-                n_anchors: u("cmrm.n_anchors")?,
-                deltas: deltas.chunks(n_embd).map(<[f32]>::to_vec).collect(),
-                recommended,
-                anchors,
-            })
-        })();
-        parsed.with_context(ctx)
+            _ => None,
+        };
+        for il in 1..n_layer {
+            let t = h
+                .tensor(&format!("direction.{il}"))
+                .ok_or_else(|| format!("missing tensor direction.{il}"))?;
+            if t.dims != [n_embd as u64] {
+                return Err(format!("direction.{il} has the wrong shape"));
+            }
+            tensor(t).map_err(|e| e.to_string())?;
+        }
+        Ok(Self {
+            model: ModelId {
+                n_embd,
+                n_layer,
+                arch: s("controlvector.model_hint")?,
+                model_fingerprint: s("cmrm.model_fingerprint")?,
+                mmproj_fingerprint: s("cmrm.mmproj_fingerprint").unwrap_or_default(),
+            },
+            method: s("cmrm.method")?.parse()?,
+            corruption: s("cmrm.corruption")?,
+            n_anchors: u("cmrm.n_anchors")?,
+            deltas: deltas.chunks(n_embd).map(<[f32]>::to_vec).collect(),
+            recommended,
+            anchors,
+        })
+    }
+
+    /// Reads a vector file and checks that it was made for `engine`'s model (`force` accepts
+    /// another file of the same shape).
+    pub fn load_for(path: &Path, engine: &Engine, force: bool) -> Result<Self> {
+        let v = Self::load(path)?;
+        v.check_model(path, &ModelId::of(engine)?, force)?;
+        Ok(v)
     }
 
     /// Refuses vectors made for another model: shape always, fingerprint unless `force`.
     pub fn check_model(&self, path: &Path, model: &ModelId, force: bool) -> Result<()> {
         let m = &self.model;
         if m.n_embd != model.n_embd || m.n_layer != model.n_layer {
-            bail!(
-                "{}: vectors are for a model with n_embd {} and {} layers, this model has n_embd {} and {} layers: calibrate vectors for this model",
-                path.display(), m.n_embd, m.n_layer, model.n_embd, model.n_layer
-            );
+            return Err(Error::ForeignVectors {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "vectors are for a model with n_embd {} and {} layers, this model has n_embd {} and {} layers",
+                    m.n_embd, m.n_layer, model.n_embd, model.n_layer
+                ),
+                overridable: false,
+            });
         }
         if !force && m.model_fingerprint != model.model_fingerprint {
-            bail!(
-                "{}: vectors were computed for another model file (fingerprint {} vs {}): calibrate for this model, or pass --force to use them anyway (e.g. another quantization of the same model)",
-                path.display(), m.model_fingerprint, model.model_fingerprint
-            );
+            return Err(Error::ForeignVectors {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "vectors were computed for another model file (fingerprint {} vs {})",
+                    m.model_fingerprint, model.model_fingerprint
+                ),
+                overridable: true,
+            });
         }
         Ok(())
     }

@@ -75,14 +75,18 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn an_image_changes_the_model_state_and_answer() {
     let engine = engine();
-    let photo = cmrm::media::load(s(&photo())).unwrap();
-    let run = |images: &[image::RgbImage]| {
-        let mut session = engine.session(None).unwrap();
-        let prompt = session.prepare(None, "What do you see?", images).unwrap();
-        session.eval(&prompt, &mut cmrm::NoHooks).unwrap();
-        let logits = session.context().logits().to_vec();
-        let params = cmrm::SamplingParams::default();
-        let g = session.generate(&params, 16, false, &mut |_| true).unwrap();
+    let photo = cmrm::media::load_image(s(&photo())).unwrap();
+    let run = |images: &[cmrm::media::Image]| {
+        let mut session = cmrm::Session::new(&engine, cmrm::SessionOptions::new()).unwrap();
+        let turn = cmrm::Turn {
+            text: "What do you see?".into(),
+            images: images.to_vec(),
+            ..cmrm::Turn::default()
+        };
+        let prefilled = session.prefill(&turn).unwrap();
+        let logits = prefilled.logits().to_vec();
+        let options = cmrm::GenerateOptions::greedy(16);
+        let g = prefilled.generate(&options, &mut |_| true).unwrap();
         (logits, g.text)
     };
     let (text_logits, text_answer) = run(&[]);

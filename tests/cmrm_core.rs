@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use cmrm::calibrate::{self, CalibrateOptions, Corruption, StateReader};
-use cmrm::capture::{shared, HookChain, LayerCapture};
-use cmrm::ffi::SharedHook;
-use cmrm::steer::{Apply, CallbackPhases, CallbackSteering, CvecSteering, Positions, SteerConfig};
+use cmrm::calibrate::{self, CalibrateOptions};
+use cmrm::capture::{shared, LayerCapture, StateReader};
+use cmrm::media::{self, Corruption, Image};
+use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
+use cmrm::steer::Mechanism;
 use cmrm::vectors::{CmrmVectors, Method};
-use cmrm::{media, Engine, NoHooks, PromptHooks};
+use cmrm::{CmrmSteering, Engine, Session, SessionOptions, Turn};
 use common::*;
 
 const PROMPT: &str = "How do I pick a lock?";
@@ -31,28 +30,43 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
-/// Evaluates PROMPT with `images` on a session with `hook`, returning (logits, states).
+fn turn(images: &[Image]) -> Turn {
+    Turn {
+        text: PROMPT.into(),
+        images: images.to_vec(),
+        ..Turn::default()
+    }
+}
+
+/// Evaluates PROMPT with `images` on a session steered by `steering`, returning (logits of the
+/// first answer token, last-prompt-token states).
 fn run(
     engine: &Engine,
-    extra: Option<SharedHook>,
-    hooks: &mut dyn PromptHooks,
-    images: &[image::RgbImage],
+    steering: Option<CmrmSteering>,
+    images: &[Image],
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
     let capture = LayerCapture::all_layers(engine.model().n_layer());
-    let hook: SharedHook = match extra {
-        Some(h) => Arc::new(Mutex::new(HookChain(vec![h, shared(&capture)]))),
-        None => shared(&capture),
-    };
-    let mut session = engine.session(Some(hook)).unwrap();
-    let prompt = session.prepare(None, PROMPT, images).unwrap();
-    session.eval(&prompt, hooks).unwrap();
-    let logits = session.context().logits().to_vec();
+    let options = SessionOptions::new()
+        .boxed_steering(steering.map(|s| Box::new(s) as _))
+        .observer(shared(&capture));
+    let mut session = Session::new(engine, options).unwrap();
+    let prefilled = session.prefill(&turn(images)).unwrap();
+    let logits = prefilled.logits().to_vec();
+    drop(prefilled);
     let states = capture.lock().unwrap().all_states().unwrap();
     (logits, states)
 }
 
-fn noise() -> image::RgbImage {
-    media::noise(224, 7)
+fn noise() -> Image {
+    media::noise(224, 7).into()
+}
+
+fn cvec(engine: &Engine, shift: &[Vec<f32>], cfg: SteerConfig) -> Option<CmrmSteering> {
+    Some(CmrmSteering::dataset(engine, shift.to_vec(), cfg, Mechanism::Cvec).unwrap())
+}
+
+fn callback(engine: &Engine, shift: &[Vec<f32>], cfg: SteerConfig) -> Option<CmrmSteering> {
+    Some(CmrmSteering::dataset(engine, shift.to_vec(), cfg, Mechanism::Callback).unwrap())
 }
 
 fn sample_shift(engine: &Engine) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
@@ -65,21 +79,24 @@ fn sample_shift(engine: &Engine) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 #[test]
 fn capture_is_repeatable_and_agrees_with_llama_embeddings() {
     let engine = engine();
-    let capture = Arc::new(Mutex::new(LayerCapture::new(
+    let capture = std::sync::Arc::new(std::sync::Mutex::new(LayerCapture::new(
         engine.model().n_layer(),
         |_| true,
         true,
     )));
-    let mut session = engine.session_with(Some(shared(&capture)), true).unwrap();
+    let options = SessionOptions::new()
+        .observer(shared(&capture))
+        .embeddings(true);
+    let mut session = Session::new(&engine, options).unwrap();
     let mut once = || {
         session.reset();
         capture.lock().unwrap().clear();
-        let prompt = session.prepare(None, PROMPT, &[noise()]).unwrap();
-        session.eval(&prompt, &mut NoHooks).unwrap();
+        let prefilled = session.prefill(&turn(&[noise()])).unwrap();
+        let embd = prefilled.embeddings().expect("embeddings");
+        drop(prefilled);
         let c = capture.lock().unwrap();
         let missing: Vec<usize> = (0..30).filter(|&il| c.state(il).is_none()).collect();
         assert!(missing.is_empty(), "layers not captured: {missing:?}");
-        let embd = session.context().embeddings().expect("embeddings").to_vec();
         (c.all_states().unwrap(), c.norm().unwrap().to_vec(), embd)
     };
     let (states_a, norm_a, embd_a) = once();
@@ -100,19 +117,14 @@ fn single_layer_total_steering_restores_the_text_state() {
         let cfg = SteerConfig {
             alpha: 1.0,
             apply: Apply::Total,
-            layers: (layer, layer),
+            layers: Layers::Range(layer, layer),
             positions: Positions::Last,
             text_only: false,
         };
-        let (_, steered) = run(
-            &engine,
-            None,
-            &mut CvecSteering::new(&shift, cfg.clone()),
-            &[noise()],
-        );
+        let (_, steered) = run(&engine, cvec(&engine, &shift, cfg), &[noise()]);
         let d = max_rel_diff(&steered[layer], &text[layer]);
         assert!(d < 1e-4, "cvec: layer {layer} off by {d}");
-        let (_, unsteered) = run(&engine, None, &mut NoHooks, &[noise()]);
+        let (_, unsteered) = run(&engine, None, &[noise()]);
         assert!(
             max_rel_diff(&unsteered[layer], &text[layer]) > 1e-2,
             "no gap to close at {layer}"
@@ -123,17 +135,11 @@ fn single_layer_total_steering_restores_the_text_state() {
         let cfg = SteerConfig {
             alpha: 1.0,
             apply: Apply::Total,
-            layers: (layer, layer),
+            layers: Layers::Range(layer, layer),
             positions: Positions::Last,
             text_only: false,
         };
-        let cb = CallbackSteering::new(&shift, &cfg);
-        let (_, steered) = run(
-            &engine,
-            Some(cb.clone()),
-            &mut CallbackPhases(cb),
-            &[noise()],
-        );
+        let (_, steered) = run(&engine, callback(&engine, &shift, cfg), &[noise()]);
         let d = max_rel_diff(&steered[layer], &text[layer]);
         assert!(d < 1e-4, "callback: layer {layer} off by {d}");
     }
@@ -143,28 +149,17 @@ fn single_layer_total_steering_restores_the_text_state() {
 fn alpha_zero_is_bit_identical_to_no_steering() {
     let engine = engine();
     let (_, shift) = sample_shift(&engine);
-    let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
+    let (plain, _) = run(&engine, None, &[noise()]);
     for positions in [Positions::All, Positions::Last] {
         let cfg = SteerConfig {
             alpha: 0.0,
             positions,
             ..SteerConfig::default()
         };
-        let (cvec, _) = run(
-            &engine,
-            None,
-            &mut CvecSteering::new(&shift, cfg.clone()),
-            &[noise()],
-        );
-        assert_eq!(plain, cvec, "cvec alpha 0 ({positions:?})");
-        let cb = CallbackSteering::new(&shift, &cfg);
-        let (callback, _) = run(
-            &engine,
-            Some(cb.clone()),
-            &mut CallbackPhases(cb),
-            &[noise()],
-        );
-        assert_eq!(plain, callback, "callback alpha 0 ({positions:?})");
+        let (by_cvec, _) = run(&engine, cvec(&engine, &shift, cfg.clone()), &[noise()]);
+        assert_eq!(plain, by_cvec, "cvec alpha 0 ({positions:?})");
+        let (by_callback, _) = run(&engine, callback(&engine, &shift, cfg), &[noise()]);
+        assert_eq!(plain, by_callback, "callback alpha 0 ({positions:?})");
     }
 }
 
@@ -180,31 +175,20 @@ fn control_vector_and_callback_paths_agree() {
         let cfg = SteerConfig {
             alpha: 0.5,
             apply,
-            layers: (1, 29),
+            layers: Layers::Range(1, 29),
             positions,
             text_only: false,
         };
-        let (cvec, _) = run(
-            &engine,
-            None,
-            &mut CvecSteering::new(&shift, cfg.clone()),
-            &[noise()],
-        );
-        let cb = CallbackSteering::new(&shift, &cfg);
-        let (callback, _) = run(
-            &engine,
-            Some(cb.clone()),
-            &mut CallbackPhases(cb),
-            &[noise()],
-        );
-        let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
-        let d = max_abs_diff(&cvec, &callback);
+        let (by_cvec, _) = run(&engine, cvec(&engine, &shift, cfg.clone()), &[noise()]);
+        let (by_callback, _) = run(&engine, callback(&engine, &shift, cfg), &[noise()]);
+        let (plain, _) = run(&engine, None, &[noise()]);
+        let d = max_abs_diff(&by_cvec, &by_callback);
         assert!(
             d < 1e-2,
             "{apply:?}/{positions:?}: logits of the two paths differ by {d}"
         );
         assert!(
-            max_abs_diff(&cvec, &plain) > 0.1,
+            max_abs_diff(&by_cvec, &plain) > 0.1,
             "{apply:?}/{positions:?}: steering changed nothing"
         );
     }
@@ -214,28 +198,23 @@ fn control_vector_and_callback_paths_agree() {
 fn text_only_turns_are_not_steered_by_default() {
     let engine = engine();
     let (_, shift) = sample_shift(&engine);
-    let (plain, _) = run(&engine, None, &mut NoHooks, &[]);
+    let (plain, _) = run(&engine, None, &[]);
     let cfg = SteerConfig {
         positions: Positions::All,
         ..SteerConfig::default()
     };
-    let (steered, _) = run(
-        &engine,
-        None,
-        &mut CvecSteering::new(&shift, cfg.clone()),
-        &[],
-    );
+    let (steered, _) = run(&engine, cvec(&engine, &shift, cfg.clone()), &[]);
     assert_eq!(plain, steered);
     let always = SteerConfig {
         text_only: true,
         ..cfg
     };
-    let (forced, _) = run(&engine, None, &mut CvecSteering::new(&shift, always), &[]);
+    let (forced, _) = run(&engine, cvec(&engine, &shift, always), &[]);
     assert_ne!(plain, forced);
 }
 
 fn anchors(n: usize) -> Vec<cmrm::data::Item> {
-    let mut a = calibrate::read_anchors(&vendor("sets/harmful-anchors.jsonl")).unwrap();
+    let mut a = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
     a.truncate(n);
     a
 }
@@ -537,27 +516,19 @@ fn chat_with_cmrm_in_every_mode() {
 
 #[test]
 fn interpolation_restores_the_text_only_next_token_distribution() {
-    use cmrm::steer::{Mechanism, Source, Steerer};
     let engine = engine();
     let cfg = SteerConfig {
         alpha: 1.0,
         apply: Apply::Interpolate,
-        layers: (0, 29),
+        layers: Layers::Range(0, 29),
         positions: Positions::Last,
         text_only: false,
     };
-    let (text_logits, text_states) = run(&engine, None, &mut NoHooks, &[]);
-    let (image_logits, _) = run(&engine, None, &mut NoHooks, &[noise()]);
-    let mut steerer = Steerer::new(
-        &engine,
-        Source::Sample(Corruption::Anchor),
-        cfg,
-        Mechanism::Callback,
-    )
-    .unwrap();
-    let mut hooks = steerer.turn(None, PROMPT, &[noise()]).unwrap();
-    let (steered_logits, steered_states) =
-        run(&engine, steerer.graph_hook(), hooks.as_mut(), &[noise()]);
+    let (text_logits, text_states) = run(&engine, None, &[]);
+    let (image_logits, _) = run(&engine, None, &[noise()]);
+    let steering =
+        CmrmSteering::sample(&engine, Corruption::Anchor, cfg, Mechanism::Callback).unwrap();
+    let (steered_logits, steered_states) = run(&engine, Some(steering), &[noise()]);
     for il in [0, 15, 29] {
         let d = max_rel_diff(&steered_states[il], &text_states[il]);
         assert!(d < 1e-4, "layer {il} off by {d}");
@@ -566,9 +537,9 @@ fn interpolation_restores_the_text_only_next_token_distribution() {
     let left = max_abs_diff(&steered_logits, &text_logits);
     assert!(left < 1e-2 && gap > 0.5, "logits gap {gap} -> {left}");
     // Interpolation is only offered where it is defined.
-    let bad = Steerer::new(
+    let bad = CmrmSteering::dataset(
         &engine,
-        Source::Dataset(vec![vec![0.0; 576]; 30]),
+        vec![vec![0.0; 576]; 30],
         SteerConfig {
             apply: Apply::Interpolate,
             ..SteerConfig::default()
@@ -582,20 +553,22 @@ fn interpolation_restores_the_text_only_next_token_distribution() {
 fn steering_does_not_leak_into_the_next_unsteered_run() {
     let engine = engine();
     let (_, shift) = sample_shift(&engine);
-    let (plain, _) = run(&engine, None, &mut NoHooks, &[noise()]);
-    let mut session = engine.session(None).unwrap();
+    let (plain, _) = run(&engine, None, &[noise()]);
+    let cfg = SteerConfig {
+        positions: Positions::All,
+        ..SteerConfig::default()
+    };
+    let steering = cvec(&engine, &shift, cfg).unwrap();
+    let mut session = Session::new(&engine, SessionOptions::new().steering(steering)).unwrap();
     let mut last = Vec::new();
     for steer in [true, false] {
         session.reset();
-        let prompt = session.prepare(None, PROMPT, &[noise()]).unwrap();
-        let cfg = SteerConfig {
-            positions: Positions::All,
-            ..SteerConfig::default()
-        };
-        let mut cvec = CvecSteering::new(&shift, cfg);
-        let hooks: &mut dyn PromptHooks = if steer { &mut cvec } else { &mut NoHooks };
-        session.eval(&prompt, hooks).unwrap();
-        last = session.context().logits().to_vec();
+        let mut t = turn(&[noise()]);
+        t.steering = (!steer).then(|| SteerOverride {
+            enabled: Some(false),
+            ..SteerOverride::default()
+        });
+        last = session.prefill(&t).unwrap().logits().to_vec();
         if steer {
             assert_ne!(last, plain);
         }

@@ -159,7 +159,7 @@ fn the_llm_judge_verdicts_are_parsed_strictly_and_counted() {
 #[test]
 fn multiple_choice_scoring_picks_the_likely_answer() {
     let engine = engine();
-    let mut runner = Runner::new(&engine, None, 8, None).unwrap();
+    let mut runner = Runner::new(&engine, None, None, 8).unwrap();
     let item = Item {
         id: "mc".into(),
         prompt: "Repeat exactly these words and nothing else: the blue sky".into(),
@@ -172,13 +172,13 @@ fn multiple_choice_scoring_picks_the_likely_answer() {
         reference: Some("the blue sky".into()),
         ..Item::default()
     };
-    let u = runner.utility(&item, Condition::Text).unwrap();
+    let u = runner.utility(&item, &Condition::Text).unwrap();
     assert_eq!(u.choice, Some(1));
     let (lp, n) = u.reference.unwrap();
     assert!(n >= 3 && lp.is_finite() && lp < 0.0);
     assert!(!u.response.is_empty(), "the answer after scoring is empty");
     // Scoring rewinds: the answer equals a plain greedy run.
-    let plain = runner.run(&item, Condition::Text).unwrap();
+    let plain = runner.run(&item, &Condition::Text).unwrap();
     assert_eq!(u.response, plain.text);
 }
 
@@ -240,13 +240,13 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
     let engine = engine();
     let out = tmp("sweep");
     let vectors = out.join("v.gguf");
-    let anchors = cmrm::calibrate::read_anchors(&vendor("sets/harmful-anchors.jsonl")).unwrap();
+    let anchors = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
     let opts = cmrm::calibrate::CalibrateOptions {
         method: cmrm::vectors::Method::Mean,
-        corruption: cmrm::calibrate::Corruption::Noise(0),
+        corruption: cmrm::media::Corruption::Noise(0),
         system: None,
         shard: None,
-        recommended: cmrm::steer::SteerConfig {
+        recommended: cmrm::session::SteerConfig {
             alpha: 9.0,
             ..Default::default()
         },
@@ -269,7 +269,7 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
             s(&vectors),
             "--cmrm-apply",
             "total",
-            "--cmrm-layers",
+            "--layer-grid",
             "8,16",
             "--alpha",
             "0.5,1",
@@ -293,5 +293,5 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
         "alpha not written: {}",
         v.recommended.alpha
     );
-    assert_eq!(v.recommended.apply, cmrm::steer::Apply::Total);
+    assert_eq!(v.recommended.apply, cmrm::session::Apply::Total);
 }

@@ -3,19 +3,18 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use cmrm::eval::fidelity::compare;
-use cmrm::eval::journal::write_atomic;
-use cmrm::eval::metrics::pca2;
 use cmrm::eval::Condition;
+use cmrm::math::pca2;
 use cmrm::plot::{Chart, Series, Style};
 use cmrm::progress::Progress;
 use cmrm::Engine;
 
-use super::eval::{ConditionArgs, Conditions, DataArgs};
+use super::eval::{ConditionArgs, ConditionPlan, Conditions, DataArgs, Kind};
 use super::ModelArgs;
 
 /// Analysis commands.
@@ -56,19 +55,24 @@ struct GapSummary {
 }
 
 fn gap(mut args: GapArgs) -> Result<()> {
-    args.conditions.conditions.retain(|c| c != "text");
+    args.conditions.conditions.retain(|c| *c != Kind::Text);
     let items = args.data.items()?;
+    let plan = ConditionPlan::new(
+        &args.conditions.conditions,
+        &args.conditions.grid,
+        &args.model.model,
+    )?;
     let engine = Engine::load(args.model.engine_options())?;
     let n_layer = engine.model().n_layer();
     let layer = args.layer.unwrap_or(n_layer / 2).min(n_layer - 1);
-    let mut conds = Conditions::new(&engine, &args.conditions, args.data.system.clone(), 1)?;
+    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), 1)?;
     let names = conds.names();
     let mut sums: Vec<(Vec<f64>, Vec<f64>)> =
         vec![(vec![0.0; n_layer], vec![0.0; n_layer]); names.len()];
     let mut scatter: Vec<Vec<Vec<f32>>> = vec![Vec::new(); names.len() + 1];
     let mut bar = Progress::new("items", items.len(), 0);
     for item in &items {
-        let text = conds.runner().run(item, Condition::Text)?;
+        let text = conds.runner().run(item, &Condition::Text)?;
         scatter[0].push(text.states[layer].clone());
         let mut k = 0;
         conds.each(&|_| false, |_, runner, condition| {
@@ -96,12 +100,13 @@ fn gap(mut args: GapArgs) -> Result<()> {
         })
         .collect();
     let out = &args.data.out;
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the folder", out.display()))?;
     plots(out, &summaries, &names, &scatter, layer)?;
     let md = table(&summaries);
-    write_atomic(&out.join("gap-summary.md"), md.as_bytes())?;
+    cmrm::atomic::write(&out.join("gap-summary.md"), md.as_bytes())?;
     let json = serde_json::to_string_pretty(&summaries)?;
-    write_atomic(&out.join("gap-summary.json"), json.as_bytes())?;
+    cmrm::atomic::write(&out.join("gap-summary.json"), json.as_bytes())?;
     if args.data.json {
         println!("{json}");
     } else {
@@ -167,7 +172,8 @@ fn plots(
         y_label: "PC2".into(),
         series,
     }
-    .save(&out.join(format!("gap-pca-layer{layer}.png")))
+    .save(&out.join(format!("gap-pca-layer{layer}.png")))?;
+    Ok(())
 }
 
 fn table(s: &[GapSummary]) -> String {

@@ -2,16 +2,27 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Args;
 
-use cmrm::calibrate::{self, CalibrateOptions, Corruption};
-use cmrm::steer::SteerConfig;
+use cmrm::calibrate::{self, CalibrateOptions};
+use cmrm::media::Corruption;
+use cmrm::session::{Apply, Layers, Positions, SteerConfig};
 use cmrm::vectors::{default_path, Method};
 use cmrm::Engine;
 
-use super::steering::parse_layers;
 use super::ModelArgs;
+
+/// A shard `i/n`: anchors i, i+n, i+2n, ...
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: --shard takes i/n with 0 <= i < n, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
 
 /// Flags of `cmrm calibrate`.
 #[derive(Args, Debug)]
@@ -27,65 +38,57 @@ pub struct CalibrateArgs {
     /// Output vector file (default: <model-stem>.cmrm.gguf next to the model).
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
-    /// Aggregation of the per-anchor shifts.
-    #[arg(long, value_enum, default_value = "mean")]
+    /// Aggregation of the per-anchor shifts: mean or pca.
+    #[arg(long, default_value = "mean")]
     method: Method,
-    /// Meaningless image: blank, noise, noise:SEED, anchor (each anchor's own image) or a path.
+    /// Meaningless image: blank, noise, noise:SEED, anchor (each anchor's own image) or an
+    /// image file.
     #[arg(long, default_value = "noise")]
-    corruption: String,
+    corruption: Corruption,
     /// System message used for every anchor (use the one you will chat with).
-    #[arg(long = "system", alias = "system-prompt")]
+    #[arg(long = "system-prompt", alias = "system")]
     system: Option<String>,
     /// Only anchors i, i+n, i+2n, ... (`i/n`); merge the shards with `cmrm merge`.
-    #[arg(long, value_name = "i/n")]
-    shard: Option<String>,
+    #[arg(long, value_name = "i/n", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
     /// Recommended alpha written into the file.
     #[arg(long, default_value_t = SteerConfig::default().alpha)]
     alpha: f32,
     /// Recommended apply rule.
-    #[arg(long, value_enum, default_value = "total")]
-    apply: cmrm::steer::Apply,
-    /// Recommended layers `A-B` (default: one layer at ~70% depth).
-    #[arg(long)]
-    layers: Option<String>,
+    #[arg(long, default_value = "total")]
+    apply: Apply,
+    /// Recommended layers A-B (default: one layer at ~70% depth).
+    #[arg(long, value_name = "A-B")]
+    layers: Option<Layers>,
     /// Recommended positions.
-    #[arg(long, value_enum, default_value = "last")]
-    positions: cmrm::steer::Positions,
-}
-
-fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').context("--shard takes i/n, e.g. 0/4")?;
-    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
-    anyhow::ensure!(n > 0 && i < n, "--shard {s}: need 0 <= i < n");
-    Ok((i, n))
+    #[arg(long, default_value = "last")]
+    positions: Positions,
 }
 
 /// Runs calibration.
 pub fn run(args: CalibrateArgs) -> Result<()> {
-    let mut anchors = calibrate::read_anchors(&args.anchors)?;
+    let mut anchors = cmrm::data::read_jsonl(&args.anchors)?;
     if let Some(n) = args.limit {
         anchors.truncate(n);
     }
+    let recommended = SteerConfig {
+        alpha: args.alpha,
+        apply: args.apply,
+        positions: args.positions,
+        layers: args.layers.unwrap_or_default(),
+        text_only: false,
+    };
+    recommended.check(false, false)?;
     let engine = Engine::load(args.model.engine_options())?;
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| default_path(&args.model.model));
-    let recommended = SteerConfig {
-        alpha: args.alpha,
-        apply: args.apply,
-        positions: args.positions,
-        layers: match &args.layers {
-            Some(l) => parse_layers(l)?,
-            None => cmrm::steer::AUTO_LAYERS,
-        },
-        text_only: false,
-    };
     let opts = CalibrateOptions {
         method: args.method,
-        corruption: Corruption::parse(&args.corruption),
+        corruption: args.corruption.clone(),
         system: args.system.clone(),
-        shard: args.shard.as_deref().map(parse_shard).transpose()?,
+        shard: args.shard,
         recommended,
     };
     let v = calibrate::calibrate(&engine, &anchors, &opts, &out)?;
@@ -93,7 +96,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         "wrote {} ({} anchors, {}, corruption {})",
         out.display(),
         v.n_anchors,
-        v.method.name(),
+        v.method,
         v.corruption
     );
     Ok(())
@@ -109,7 +112,7 @@ pub struct MergeArgs {
     #[arg(short = 'o', long)]
     output: PathBuf,
     /// Re-aggregate with another method (default: the shards').
-    #[arg(long, value_enum)]
+    #[arg(long)]
     method: Option<Method>,
 }
 

@@ -4,10 +4,9 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use image::RgbImage;
 
-use cmrm::steer::Steerer;
-use cmrm::{media, Engine, Generation, Session};
+use cmrm::media::{self, Image};
+use cmrm::{Engine, GenerateOptions, Generation, Session, SessionOptions, Turn};
 
 use super::steering::SteerArgs;
 use super::{ModelArgs, SamplingArgs};
@@ -27,8 +26,8 @@ pub struct ChatArgs {
     /// The user's message (single turn); without it, an interactive chat.
     #[arg(short = 'p', long)]
     prompt: Option<String>,
-    /// System message.
-    #[arg(long = "system", alias = "system-prompt")]
+    /// System message (-sys).
+    #[arg(long = "system-prompt", alias = "system")]
     system: Option<String>,
     /// Interactive chat even when -p is given (-p is then the first message).
     #[arg(long)]
@@ -38,68 +37,65 @@ pub struct ChatArgs {
 /// Runs the chat.
 pub fn run(args: ChatArgs) -> Result<()> {
     let images = load_images(&args.image)?;
+    let plan = args.steering.plan(&args.model.model)?;
     let engine = Engine::load(args.model.engine_options())?;
-    let mut steerer = args.steering.steerer(&engine)?;
-    let mut session = engine.session(steerer.as_ref().and_then(Steerer::graph_hook))?;
+    let mut options = SessionOptions::new();
+    if let Some(plan) = plan {
+        options = options.steering(args.steering.steering(plan, &engine)?);
+    }
+    let mut session = Session::new(&engine, options)?;
+    let generate = args.sampling.options();
     let mut chat = Chat {
         session: &mut session,
-        steerer: steerer.as_mut(),
         args: &args,
+        generate,
     };
-    if let Some(prompt) = &args.prompt {
-        chat.turn(prompt, &images)?;
-        if !args.conversation {
-            return Ok(());
+    match &args.prompt {
+        Some(prompt) => {
+            chat.turn(prompt, images)?;
+            if args.conversation {
+                chat.interactive(Vec::new())?;
+            }
+            Ok(())
         }
-        chat.interactive(Vec::new())
-    } else {
-        chat.interactive(images)
+        None => chat.interactive(images),
     }
 }
 
-fn load_images(sources: &[String]) -> Result<Vec<RgbImage>> {
+fn load_images(sources: &[String]) -> Result<Vec<Image>> {
     sources
         .iter()
-        .map(|s| media::load(s).context("--image"))
+        .map(|s| media::load_image(s).context("--image"))
         .collect()
 }
 
 struct Chat<'a, 'e> {
     session: &'a mut Session<'e>,
-    steerer: Option<&'a mut Steerer<'e>>,
     args: &'a ChatArgs,
+    generate: GenerateOptions,
 }
 
 impl Chat<'_, '_> {
-    fn turn(&mut self, text: &str, images: &[RgbImage]) -> Result<Generation> {
-        let system = self.args.system.as_deref();
-        let mut hooks: Box<dyn cmrm::PromptHooks> = match self.steerer.as_deref_mut() {
-            Some(s) => s.turn(system, text, images)?,
-            None => Box::new(cmrm::NoHooks),
+    fn turn(&mut self, text: &str, images: Vec<Image>) -> Result<Generation> {
+        let turn = Turn {
+            system: self.args.system.clone(),
+            text: text.to_string(),
+            images,
+            steering: None,
         };
-        let prompt = self.session.prepare(system, text, images)?;
         let mut out = std::io::stdout().lock();
-        let sampling = &self.args.sampling;
-        let g = self.session.answer(
-            &prompt,
-            hooks.as_mut(),
-            &sampling.params(),
-            sampling.n_predict,
-            sampling.ignore_eos,
-            &mut |piece| {
-                let _ = out.write_all(piece.as_bytes());
-                out.flush().is_ok()
-            },
-        )?;
+        let g = self.session.send(&turn, &self.generate, &mut |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            out.flush().is_ok()
+        })?;
         println!();
         if self.args.model.verbose {
-            print_timings(&prompt, &g);
+            print_timings(&g);
         }
-        self.session.push_exchange(system, text, images, &g);
         Ok(g)
     }
 
-    fn interactive(&mut self, mut images: Vec<RgbImage>) -> Result<()> {
+    fn interactive(&mut self, mut images: Vec<Image>) -> Result<()> {
         eprintln!("interactive chat: /image PATH adds an image to the next message, /clear forgets, /quit or Ctrl-D ends");
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
@@ -120,31 +116,39 @@ impl Chat<'_, '_> {
                 continue;
             }
             if let Some(path) = line.strip_prefix("/image ") {
-                match media::load(path.trim()) {
+                match media::load_image(path.trim()) {
                     Ok(img) => images.push(img),
-                    Err(e) => eprintln!("error: {e:#}"),
+                    Err(e) => super::report(&e.into()),
                 }
                 continue;
             }
-            if let Err(e) = self.turn(line, &images) {
-                eprintln!("error: {e:#}");
+            if let Err(e) = self.turn(line, std::mem::take(&mut images)) {
+                super::report(&e);
             }
-            images.clear();
         }
         Ok(())
     }
 }
 
-fn print_timings(prompt: &cmrm::Prompt, g: &Generation) {
+fn print_timings(g: &Generation) {
     let n = g.tokens.len().max(1) as f64;
     eprintln!(
-        "prompt: {} positions ({} images) in {:.1} ms | generation: {} tokens in {:.1} ms ({:.2} tok/s) | stop: {:?}",
-        prompt.n_positions(),
-        prompt.n_images(),
+        "prompt: {} positions ({} reused, {} images) in {:.1} ms | generation: {} tokens in {:.1} ms ({:.2} tok/s) | stop: {:?}",
+        g.prompt_positions,
+        g.cached_positions,
+        g.images,
         g.prompt_ms,
         g.tokens.len(),
         g.gen_ms,
         n * 1e3 / g.gen_ms.max(1e-9),
         g.stop
     );
+    if g.steering.applied {
+        eprintln!(
+            "cmrm: applied {}",
+            serde_json::to_string(&g.steering).unwrap_or_default()
+        );
+    } else if let Some(r) = &g.steering.reason {
+        eprintln!("cmrm: not applied ({r})");
+    }
 }

@@ -2,24 +2,25 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{de::DeserializeOwned, Serialize};
 
-use cmrm::calibrate::{model_id, Corruption};
 use cmrm::data::{read_jsonl, Item};
 use cmrm::eval::fidelity::{self, compare, FidelityRecord};
-use cmrm::eval::journal::{write_atomic, Journal, Keyed};
+use cmrm::eval::journal::{Journal, Keyed};
 use cmrm::eval::judge::{is_refusal, refusal_verdict, LlmJudge};
 use cmrm::eval::safety::{self, SafetyRecord};
 use cmrm::eval::utility::{self, UtilityRecord};
 use cmrm::eval::{Condition, Runner};
+use cmrm::media::Corruption;
 use cmrm::progress::Progress;
-use cmrm::steer::{Source, SteerConfig, Steerer};
-use cmrm::vectors::{default_path, CmrmVectors};
-use cmrm::{Engine, EngineOptions};
+use cmrm::session::{Layers, SteerConfig, SteerOverride};
+use cmrm::steer::{Mechanism, Source};
+use cmrm::vectors::CmrmVectors;
+use cmrm::{CmrmSteering, Engine, EngineOptions};
 
-use super::steering::SteerArgs;
+use super::steering::{RuleArgs, VectorArgs};
 use super::ModelArgs;
 
 /// Evaluation commands.
@@ -52,7 +53,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// System message for every item.
-    #[arg(long = "system", alias = "system-prompt")]
+    #[arg(long = "system-prompt", alias = "system")]
     pub system: Option<String>,
     /// Output folder: per-sample JSONL (appended; a rerun resumes) and summaries.
     #[arg(long, default_value = "cmrm-out")]
@@ -73,7 +74,41 @@ impl DataArgs {
     }
 }
 
-/// Conditions and how to run them: flags shared by the evaluation commands.
+/// A kind of condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// The image removed.
+    Text,
+    /// The image, no CMRM.
+    Image,
+    /// The image with dataset-level CMRM (the vector file).
+    Cmrm,
+    /// The image with sample-level CMRM.
+    CmrmSample,
+}
+
+/// How the CMRM conditions steer: flags shared by the evaluation commands and the sweep.
+#[derive(Args, Debug, Clone)]
+pub struct GridArgs {
+    /// Alphas of the CMRM conditions, one condition each (default: the vector file's).
+    #[arg(long = "alpha", value_delimiter = ',')]
+    pub alphas: Vec<f32>,
+    /// Layer ranges of the CMRM conditions, comma-separated, one condition each (A-B or A;
+    /// instead of --cmrm-layers).
+    #[arg(
+        long = "layer-grid",
+        value_delimiter = ',',
+        value_name = "LIST",
+        conflicts_with = "layers"
+    )]
+    pub layer_grid: Vec<Layers>,
+    #[command(flatten)]
+    pub vectors: VectorArgs,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+/// Conditions and how to run them.
 #[derive(Args, Debug, Clone)]
 pub struct ConditionArgs {
     /// Conditions: text (image removed), image (no CMRM), cmrm (dataset vectors), cmrm-sample.
@@ -82,127 +117,228 @@ pub struct ConditionArgs {
         value_delimiter = ',',
         default_value = "text,image,cmrm,cmrm-sample"
     )]
-    pub conditions: Vec<String>,
-    /// Alphas for the CMRM conditions (default: the vector file's, or --cmrm-alpha).
-    #[arg(long = "alpha", value_delimiter = ',')]
-    pub alphas: Vec<f32>,
+    pub conditions: Vec<Kind>,
     #[command(flatten)]
-    pub steering: SteerArgs,
+    pub grid: GridArgs,
 }
 
-/// A condition ready to run.
-pub enum Cond<'e> {
-    /// Image removed.
-    Text,
-    /// Image, no steering.
-    Image,
-    /// Image with steering, and the runner of its own context for callback steering.
-    Steer(Box<Steerer<'e>>, Option<Box<Runner<'e>>>),
+/// A named condition with the steering settings it runs under.
+struct Named {
+    name: String,
+    condition: Condition,
+    config: Option<SteerConfig>,
 }
 
-/// The conditions of a run, with the shared runner.
+/// What the flags ask for, read and checked before the model loads.
+pub struct ConditionPlan {
+    list: Vec<Named>,
+    vectors: Option<(PathBuf, CmrmVectors)>,
+    sample: bool,
+    args: GridArgs,
+}
+
+/// Refuses flags the conditions would ignore.
+fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
+    let r = &args.rules;
+    let unused = |flag: &str, why: &str| anyhow::anyhow!("{flag} would be ignored: {why}");
+    if r.corruption.is_some() && !sample {
+        return Err(unused(
+            "--cmrm-corruption",
+            "it applies to the cmrm-sample condition only",
+        ));
+    }
+    if (args.vectors.file.is_some() || args.vectors.force) && !dataset {
+        return Err(unused(
+            "--cmrm/--force",
+            "no cmrm condition uses a vector file",
+        ));
+    }
+    let steering_flags = !args.alphas.is_empty()
+        || !args.layer_grid.is_empty()
+        || r.apply.is_some()
+        || r.layers.is_some()
+        || r.positions.is_some()
+        || r.mechanism != Mechanism::Cvec;
+    if steering_flags && !dataset && !sample {
+        return Err(unused(
+            "the --alpha/--cmrm-* flags",
+            "no condition steers (add cmrm or cmrm-sample to --conditions)",
+        ));
+    }
+    Ok(())
+}
+
+impl ConditionPlan {
+    /// Reads the vector file when a dataset condition needs it and checks every setting.
+    /// `grid` gives one condition per layer range (the sweep), else `--cmrm-layers` applies.
+    pub fn new(kinds: &[Kind], args: &GridArgs, model: &Path) -> Result<Self> {
+        let grid = &args.layer_grid;
+        anyhow::ensure!(!kinds.is_empty(), "no condition to run (--conditions)");
+        let dataset = kinds.contains(&Kind::Cmrm);
+        let sample = kinds.contains(&Kind::CmrmSample);
+        refuse_unused(args, dataset, sample)?;
+        let vectors = if dataset {
+            args.vectors.load(model, true)?
+        } else {
+            None
+        };
+        let callback = args.rules.mechanism == Mechanism::Callback;
+        let corruption = args
+            .rules
+            .corruption
+            .clone()
+            .unwrap_or(Corruption::Noise(0));
+        let grid: Vec<Option<Layers>> = if grid.is_empty() {
+            vec![None]
+        } else {
+            grid.iter().copied().map(Some).collect()
+        };
+        let mut list = Vec::new();
+        for &kind in kinds {
+            let (prefix, base) = match kind {
+                Kind::Text | Kind::Image => {
+                    let (name, condition) = if kind == Kind::Text {
+                        ("text", Condition::Text)
+                    } else {
+                        ("image", Condition::Image)
+                    };
+                    list.push(Named {
+                        name: name.into(),
+                        condition,
+                        config: None,
+                    });
+                    continue;
+                }
+                Kind::Cmrm => (
+                    "cmrm",
+                    vectors
+                        .as_ref()
+                        .map(|(_, v)| v.recommended.clone())
+                        .unwrap_or_default(),
+                ),
+                Kind::CmrmSample => ("cmrm-sample", SteerConfig::default()),
+            };
+            for layers in &grid {
+                let mut config = args.rules.config(base.clone());
+                if let Some(l) = layers {
+                    config.layers = *l;
+                }
+                let alphas = if args.alphas.is_empty() {
+                    vec![config.alpha]
+                } else {
+                    args.alphas.clone()
+                };
+                for a in alphas {
+                    let cfg = SteerConfig {
+                        alpha: a,
+                        ..config.clone()
+                    };
+                    let is_sample = kind == Kind::CmrmSample;
+                    cfg.check(is_sample, callback)?;
+                    let name = match layers {
+                        Some(l) => format!("{prefix}@{a} L{l}"),
+                        None => format!("{prefix}@{a}"),
+                    };
+                    let o = SteerOverride {
+                        enabled: Some(true),
+                        sample: Some(is_sample),
+                        corruption: is_sample.then(|| corruption.clone()),
+                        alpha: Some(cfg.alpha),
+                        apply: Some(cfg.apply),
+                        layers: Some(cfg.layers),
+                        positions: Some(cfg.positions),
+                        text_only: Some(false),
+                    };
+                    list.push(Named {
+                        name,
+                        condition: Condition::Steered(o),
+                        config: Some(cfg),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            list,
+            vectors,
+            sample,
+            args: args.clone(),
+        })
+    }
+
+    /// The steering the steered conditions share, on the loaded engine.
+    fn steering(&self, engine: &Engine) -> Result<Option<CmrmSteering>> {
+        if !self.list.iter().any(|n| n.config.is_some()) {
+            return Ok(None);
+        }
+        let deltas = match &self.vectors {
+            Some((path, v)) => {
+                self.args.vectors.check(path, v, engine)?;
+                Some(v.deltas.clone())
+            }
+            None => None,
+        };
+        let source = if deltas.is_some() {
+            Source::Dataset
+        } else {
+            Source::Sample(
+                self.args
+                    .rules
+                    .corruption
+                    .clone()
+                    .unwrap_or(Corruption::Noise(0)),
+            )
+        };
+        Ok(Some(CmrmSteering::new(
+            engine,
+            deltas,
+            source,
+            SteerConfig::default(),
+            self.args.rules.mechanism,
+            self.sample,
+        )?))
+    }
+
+    /// The vector file of the dataset conditions.
+    pub fn vector_file(&self) -> Option<&Path> {
+        self.vectors.as_ref().map(|(p, _)| p.as_path())
+    }
+}
+
+/// The conditions of a run on one runner.
 pub struct Conditions<'e> {
     runner: Runner<'e>,
-    list: Vec<(String, Cond<'e>)>,
+    list: Vec<Named>,
 }
 
 impl<'e> Conditions<'e> {
-    /// Builds the conditions the flags ask for.
+    /// The conditions of `plan` on `engine`.
     pub fn new(
         engine: &'e Engine,
-        args: &ConditionArgs,
+        plan: ConditionPlan,
         system: Option<String>,
-        n_predict: i32,
+        n_predict: usize,
     ) -> Result<Self> {
-        let runner = Runner::new(engine, system.clone(), n_predict, None)?;
-        let flags = &args.steering;
-        let mut list = Vec::new();
-        for c in &args.conditions {
-            match c.as_str() {
-                "text" => list.push(("text".to_string(), Cond::Text)),
-                "image" => list.push(("image".to_string(), Cond::Image)),
-                "cmrm" | "cmrm-sample" => {
-                    let (source, base) = if c == "cmrm" {
-                        let path = flags
-                            .file
-                            .clone()
-                            .unwrap_or_else(|| default_path(&engine.options().model));
-                        let v = CmrmVectors::load(&path)?;
-                        v.check_model(&path, &model_id(engine)?, flags.force)?;
-                        (Source::Dataset(v.deltas.clone()), v.recommended)
-                    } else {
-                        (
-                            Source::Sample(Corruption::parse(&flags.corruption)),
-                            SteerConfig::default(),
-                        )
-                    };
-                    // `--cmrm-layers` takes a comma-separated list here: one condition per range.
-                    let layer_list: Vec<Option<String>> = match &flags.layers {
-                        Some(l) => l.split(',').map(|x| Some(x.trim().to_string())).collect(),
-                        None => vec![None],
-                    };
-                    for layers in layer_list {
-                        let config = SteerArgs {
-                            layers: layers.clone(),
-                            ..flags.clone()
-                        }
-                        .config(base.clone())?;
-                        let alphas = if args.alphas.is_empty() {
-                            vec![config.alpha]
-                        } else {
-                            args.alphas.clone()
-                        };
-                        for a in alphas {
-                            let cfg = SteerConfig {
-                                alpha: a,
-                                ..config.clone()
-                            };
-                            let name = match &layers {
-                                Some(l) => format!("{c}@{a} L{l}"),
-                                None => format!("{c}@{a}"),
-                            };
-                            let steerer =
-                                Steerer::new(engine, source.clone(), cfg, flags.mechanism)?;
-                            let own = steerer
-                                .graph_hook()
-                                .map(|h| {
-                                    Runner::new(engine, system.clone(), n_predict, Some(h))
-                                        .map(Box::new)
-                                })
-                                .transpose()?;
-                            list.push((name, Cond::Steer(Box::new(steerer), own)));
-                        }
-                    }
-                }
-                _ => anyhow::bail!("unknown condition {c:?} (text, image, cmrm, cmrm-sample)"),
-            }
-        }
-        ensure!(!list.is_empty(), "no condition to run");
-        Ok(Self { runner, list })
+        let steering = plan.steering(engine)?;
+        Ok(Self {
+            runner: Runner::new(engine, steering, system, n_predict)?,
+            list: plan.list,
+        })
     }
 
     /// Condition names.
     pub fn names(&self) -> Vec<String> {
-        self.list.iter().map(|(n, _)| n.clone()).collect()
+        self.list.iter().map(|n| n.name.clone()).collect()
     }
 
-    /// Runs `f` for each condition not yet `done`, with its runner.
+    /// Runs `f` for each condition not yet `done`, with the runner.
     pub fn each(
         &mut self,
         done: &dyn Fn(&str) -> bool,
-        mut f: impl FnMut(&str, &mut Runner<'e>, Condition<'_, 'e>) -> Result<()>,
+        mut f: impl FnMut(&str, &mut Runner<'e>, &Condition) -> Result<()>,
     ) -> Result<()> {
-        for (name, cond) in &mut self.list {
-            if done(name) {
-                continue;
-            }
-            match cond {
-                Cond::Text => f(name, &mut self.runner, Condition::Text)?,
-                Cond::Image => f(name, &mut self.runner, Condition::Image)?,
-                Cond::Steer(s, own) => {
-                    let r = own.as_deref_mut().unwrap_or(&mut self.runner);
-                    f(name, r, Condition::Steered(s))?
-                }
+        for n in &self.list {
+            if !done(&n.name) {
+                f(&n.name, &mut self.runner, &n.condition)?;
             }
         }
         Ok(())
@@ -212,14 +348,11 @@ impl<'e> Conditions<'e> {
     pub fn config(&self, name: &str) -> Option<SteerConfig> {
         self.list
             .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, c)| match c {
-                Cond::Steer(s, _) => Some(s.config().clone()),
-                _ => None,
-            })
+            .find(|n| n.name == name)
+            .and_then(|n| n.config.clone())
     }
 
-    /// The shared runner (text and image conditions run on it).
+    /// The runner.
     pub fn runner(&mut self) -> &mut Runner<'e> {
         &mut self.runner
     }
@@ -234,8 +367,8 @@ pub fn publish<S: Serialize>(
     json: bool,
 ) -> Result<()> {
     let body = serde_json::to_string_pretty(summaries)?;
-    write_atomic(&out.join(format!("{name}-summary.json")), body.as_bytes())?;
-    write_atomic(&out.join(format!("{name}-summary.md")), markdown.as_bytes())?;
+    cmrm::atomic::write(&out.join(format!("{name}-summary.json")), body.as_bytes())?;
+    cmrm::atomic::write(&out.join(format!("{name}-summary.md")), markdown.as_bytes())?;
     if json {
         println!("{body}");
     } else {
@@ -270,30 +403,34 @@ pub struct SafetyArgs {
     judge_model: Option<PathBuf>,
     /// Answer tokens (greedy).
     #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
-    n_predict: i32,
+    n_predict: usize,
 }
 
 fn safety(args: SafetyArgs) -> Result<()> {
     let items = args.data.items()?;
-    let judge = match args.judge {
+    let plan = ConditionPlan::new(
+        &args.conditions.conditions,
+        &args.conditions.grid,
+        &args.model.model,
+    )?;
+    let judge_path = match args.judge {
         JudgeKind::Refusal => None,
-        JudgeKind::Llm => {
-            let path = args
-                .judge_model
+        JudgeKind::Llm => Some(
+            args.judge_model
                 .clone()
-                .context("--judge llm needs --judge-model GGUF")?;
+                .context("--judge llm needs --judge-model GGUF")?,
+        ),
+    };
+    let judge = match judge_path {
+        None => None,
+        Some(path) => {
             let mut o = EngineOptions::new(path, None);
             o.n_threads = args.model.engine_options().n_threads;
             Some(LlmJudge::new(Engine::load(o)?))
         }
     };
     let engine = Engine::load(args.model.engine_options())?;
-    let mut conds = Conditions::new(
-        &engine,
-        &args.conditions,
-        args.data.system.clone(),
-        args.n_predict,
-    )?;
+    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<SafetyRecord> = Journal::open(&args.data.out.join("safety.jsonl"))?;
     let records = run_safety(&items, &mut conds, &mut journal, judge.as_ref())?;
     let summaries = safety::summarize(&records);
@@ -317,18 +454,18 @@ pub struct UtilityArgs {
     conditions: ConditionArgs,
     /// Answer tokens (greedy) for the over-refusal check.
     #[arg(short = 'n', long = "n-predict", default_value_t = 48)]
-    n_predict: i32,
+    n_predict: usize,
 }
 
 fn utility(args: UtilityArgs) -> Result<()> {
     let items = args.data.items()?;
-    let engine = Engine::load(args.model.engine_options())?;
-    let mut conds = Conditions::new(
-        &engine,
-        &args.conditions,
-        args.data.system.clone(),
-        args.n_predict,
+    let plan = ConditionPlan::new(
+        &args.conditions.conditions,
+        &args.conditions.grid,
+        &args.model.model,
     )?;
+    let engine = Engine::load(args.model.engine_options())?;
+    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<UtilityRecord> = Journal::open(&args.data.out.join("utility.jsonl"))?;
     let records = run_utility(&items, &mut conds, &mut journal)?;
     let summaries = utility::summarize(&records);
@@ -352,24 +489,24 @@ pub struct FidelityArgs {
     conditions: ConditionArgs,
     /// Greedy answer tokens compared.
     #[arg(short = 'n', long = "n-predict", default_value_t = 16)]
-    n_predict: i32,
+    n_predict: usize,
 }
 
 fn fidelity(mut args: FidelityArgs) -> Result<()> {
     // The text-only run is the reference of every comparison, not a condition.
-    args.conditions.conditions.retain(|c| c != "text");
+    args.conditions.conditions.retain(|c| *c != Kind::Text);
     let items = args.data.items()?;
-    let engine = Engine::load(args.model.engine_options())?;
-    let mut conds = Conditions::new(
-        &engine,
-        &args.conditions,
-        args.data.system.clone(),
-        args.n_predict,
+    let plan = ConditionPlan::new(
+        &args.conditions.conditions,
+        &args.conditions.grid,
+        &args.model.model,
     )?;
+    let engine = Engine::load(args.model.engine_options())?;
+    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<FidelityRecord> =
         Journal::open(&args.data.out.join("fidelity.jsonl"))?;
     let records = journaled(&items, &mut conds, &mut journal, |item, conds, done| {
-        let text = conds.runner().run(item, Condition::Text)?;
+        let text = conds.runner().run(item, &Condition::Text)?;
         let mut new = Vec::new();
         conds.each(done, |name, runner, condition| {
             let out = runner.run(item, condition)?;

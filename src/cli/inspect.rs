@@ -14,10 +14,6 @@ pub struct InspectArgs {
     file: PathBuf,
 }
 
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
 /// Prints metadata and per-layer norms.
 pub fn run(args: InspectArgs) -> Result<()> {
     let v = CmrmVectors::load(&args.file)?;
@@ -33,17 +29,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
     );
     println!(
         "method:      {} over {} anchors, corruption {}",
-        v.method.name(),
-        v.n_anchors,
-        v.corruption
+        v.method, v.n_anchors, v.corruption
     );
+    let (first, last) = r.layer_range(v.model.n_layer);
     println!(
-        "recommended: alpha {} apply {} layers {}-{} positions {}",
-        r.alpha,
-        r.apply.name(),
-        r.layers.0,
-        r.layers.1,
-        r.positions.name()
+        "recommended: alpha {} apply {} layers {first}-{last} positions {}",
+        r.alpha, r.apply, r.positions
     );
     if let Some((ids, _)) = &v.anchors {
         println!(
@@ -52,6 +43,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         );
     }
     let rows = v.control_rows(r);
+    let norm = |x: &[f32]| cmrm::math::norm(x) as f32;
     println!("{:>5} {:>12} {:>14}", "layer", "|delta|", "|direction|");
     for (il, d) in v.deltas.iter().enumerate() {
         let dir = if il == 0 {

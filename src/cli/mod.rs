@@ -1,8 +1,11 @@
-//! Command definitions and llama.cpp-style flag handling.
+//! Command definitions and llama.cpp-style flag handling. Flags are parsed once into the
+//! library's types (clap value parsers over their `FromStr`), so a misspelt value is refused
+//! before any model loads.
 
 mod analyze;
 mod calibrate;
 mod chat;
+mod errors;
 mod eval;
 mod inspect;
 mod report;
@@ -14,7 +17,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use cmrm::{EngineOptions, SamplingParams};
+use cmrm::ffi::{FlashAttn, KvType, LoadMode};
+use cmrm::template::TemplateChoice;
+use cmrm::{EngineOptions, GenerateOptions, SamplingParams};
+
+pub use errors::report;
 
 /// Restore the safety alignment of quantized vision-language models at inference time (CMRM)
 /// on llama.cpp.
@@ -70,8 +77,13 @@ pub fn llama_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
         match a.as_str() {
             "-ngl" => "--n-gpu-layers",
             "-mm" => "--mmproj",
-            "-sys" => "--system",
+            "-sys" => "--system-prompt",
             "-cnv" => "--conversation",
+            "-ub" => "--ubatch-size",
+            "-tb" => "--threads-batch",
+            "-fa" => "--flash-attn",
+            "-ctk" => "--cache-type-k",
+            "-ctv" => "--cache-type-v",
             _ => return a,
         }
         .to_string()
@@ -79,30 +91,59 @@ pub fn llama_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
     .collect()
 }
 
-/// Model loading flags shared by every command that runs a model.
+/// Model loading flags shared by every command that runs a model (llama.cpp's names and
+/// defaults).
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Text model GGUF.
     #[arg(short = 'm', long)]
     pub model: PathBuf,
-    /// Multimodal projector GGUF (LLaVA-style mmproj).
+    /// Multimodal projector GGUF (mmproj) (-mm).
     #[arg(long)]
     pub mmproj: Option<PathBuf>,
-    /// Context size in tokens.
+    /// Context size in tokens (0 = the model's training context).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     pub ctx_size: u32,
-    /// Batch size for prompt processing.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    /// Logical batch size for prompt processing.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
     pub batch_size: u32,
-    /// CPU threads (default: all cores).
+    /// Physical batch size (-ub).
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    pub ubatch_size: u32,
+    /// CPU threads for generation (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<i32>,
+    /// CPU threads for prompt processing (-tb; default: --threads).
+    #[arg(long = "threads-batch")]
+    pub threads_batch: Option<i32>,
     /// Layers to offload to the GPU (-ngl; -1 = all).
     #[arg(long = "n-gpu-layers", default_value_t = -1, allow_negative_numbers = true)]
     pub n_gpu_layers: i32,
-    /// Chat template: a llama.cpp built-in name (chatml, llama3, vicuna, ...) or a template.
-    #[arg(long = "chat-template")]
+    /// Flash attention (-fa): on, off or auto.
+    #[arg(long = "flash-attn", default_value = "auto")]
+    pub flash_attn: FlashAttn,
+    /// K cache type (-ctk): f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1.
+    #[arg(long = "cache-type-k", default_value = "f16")]
+    pub cache_type_k: KvType,
+    /// V cache type (-ctv).
+    #[arg(long = "cache-type-v", default_value = "f16")]
+    pub cache_type_v: KvType,
+    /// Read the model into memory instead of memory-mapping it.
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Keep the model in RAM (no swapping).
+    #[arg(long)]
+    pub mlock: bool,
+    /// A llama.cpp built-in chat template by name (chatml, llama3, vicuna, ...) instead of
+    /// the model's own.
+    #[arg(long = "chat-template", value_name = "NAME")]
     pub chat_template: Option<String>,
+    /// Minimum image tokens (dynamic-resolution projectors).
+    #[arg(long = "image-min-tokens")]
+    pub image_min_tokens: Option<u32>,
+    /// Maximum image tokens (dynamic-resolution projectors).
+    #[arg(long = "image-max-tokens")]
+    pub image_max_tokens: Option<u32>,
     /// Print llama.cpp's log and timings on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -114,11 +155,29 @@ impl ModelArgs {
         let mut o = EngineOptions::new(&self.model, self.mmproj.clone());
         o.n_ctx = self.ctx_size;
         o.n_batch = self.batch_size;
+        o.n_ubatch = self.ubatch_size;
         if let Some(t) = self.threads {
             o.n_threads = t;
+            o.n_threads_batch = t;
+        }
+        if let Some(t) = self.threads_batch {
+            o.n_threads_batch = t;
         }
         o.n_gpu_layers = self.n_gpu_layers;
-        o.chat_template = self.chat_template.clone();
+        o.flash_attn = self.flash_attn;
+        o.type_k = self.cache_type_k;
+        o.type_v = self.cache_type_v;
+        o.load_mode = match (self.no_mmap, self.mlock) {
+            (false, false) => LoadMode::Mmap,
+            (true, false) => LoadMode::Read,
+            (false, true) => LoadMode::MmapLocked,
+            (true, true) => LoadMode::ReadLocked,
+        };
+        if let Some(t) = &self.chat_template {
+            o.template = TemplateChoice::Builtin(t.clone());
+        }
+        o.image_min_tokens = self.image_min_tokens;
+        o.image_max_tokens = self.image_max_tokens;
         o.verbose = self.verbose;
         o
     }
@@ -127,9 +186,9 @@ impl ModelArgs {
 /// Sampling flags (llama.cpp's names and defaults).
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// Tokens to generate (-1 = until end of text or full context).
+    /// Tokens to generate (-1 = until the end of the answer or a full context).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
-    pub n_predict: i32,
+    pub n_predict: i64,
     /// Temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8)]
     pub temp: f32,
@@ -148,8 +207,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Sampling parameters; a random seed is drawn from the clock when `--seed` is -1.
-    pub fn params(&self) -> SamplingParams {
+    /// Generation options; a random seed is drawn from the clock when `--seed` is -1.
+    pub fn options(&self) -> GenerateOptions {
         let seed = if self.seed < 0 {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -157,11 +216,16 @@ impl SamplingArgs {
         } else {
             self.seed as u64
         };
-        SamplingParams {
-            temp: self.temp,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed,
+        GenerateOptions {
+            sampling: SamplingParams {
+                temp: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed,
+            },
+            max_tokens: usize::try_from(self.n_predict).ok(),
+            ignore_eos: self.ignore_eos,
+            stop: Vec::new(),
         }
     }
 }

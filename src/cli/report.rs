@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cmrm::eval::journal::write_atomic;
-
 /// Flags of `cmrm report`.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -22,7 +20,7 @@ pub struct ReportArgs {
 pub fn run(args: ReportArgs) -> Result<()> {
     let html = cmrm::report::build(&args.out)?;
     let path = args.output.unwrap_or_else(|| args.out.join("report.html"));
-    write_atomic(&path, html.as_bytes())?;
+    cmrm::atomic::write(&path, html.as_bytes())?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -1,138 +1,208 @@
-//! The `--cmrm*` flags: which vectors steer a chat and how.
+//! The `--cmrm*` flags: which vectors steer and how. Values are parsed into the library's
+//! types when the command line is read, and the combination is checked before a model loads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 use clap::Args;
 
-use cmrm::calibrate::{model_id, Corruption};
-use cmrm::steer::{Apply, Mechanism, Positions, Source, SteerConfig, Steerer};
+use cmrm::media::Corruption;
+use cmrm::session::{Apply, Layers, Positions, SteerConfig};
+use cmrm::steer::{Mechanism, Source};
 use cmrm::vectors::{default_path, CmrmVectors};
-use cmrm::Engine;
+use cmrm::{CmrmSteering, Engine};
 
-/// CMRM steering flags.
+/// Which vector file, for every command that steers.
 #[derive(Args, Clone, Debug)]
-pub struct SteerArgs {
+pub struct VectorArgs {
     /// Vector file (default: <model-stem>.cmrm.gguf next to the model, when present).
     #[arg(long = "cmrm", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Do not steer, even when a vector file sits next to the model.
-    #[arg(long = "no-cmrm", conflicts_with_all = ["file", "sample"])]
-    pub off: bool,
-    /// Scale of the shift (default: the file's recommended alpha, else 1).
-    #[arg(long = "cmrm-alpha")]
-    pub alpha: Option<f32>,
-    /// How per-layer total shifts are added.
-    #[arg(long = "cmrm-apply", value_enum)]
-    pub apply: Option<Apply>,
-    /// Steered layers, `A-B` (inclusive) or a single layer (default: the file's, else one
-    /// layer at ~70% depth).
-    #[arg(long = "cmrm-layers", value_name = "A-B")]
-    pub layers: Option<String>,
-    /// Steered tokens.
-    #[arg(long = "cmrm-positions", value_enum)]
-    pub positions: Option<Positions>,
-    /// Sample-level CMRM: compute each request's own shift (two extra prefills).
-    #[arg(long = "cmrm-sample")]
-    pub sample: bool,
-    /// Meaningless image for sample-level: blank, noise, noise:SEED, anchor (the request's own
-    /// image) or a path.
-    #[arg(long = "cmrm-corruption", default_value = "noise")]
-    pub corruption: String,
-    /// Mechanism: llama.cpp's control vector, or edits in the graph callback (reaches layer 0).
-    #[arg(long = "cmrm-path", value_enum, default_value = "cvec")]
-    pub mechanism: Mechanism,
-    /// Also steer turns without an image.
-    #[arg(long = "cmrm-text")]
-    pub text_only: bool,
     /// Use a vector file made for another model file of the same shape.
     #[arg(long)]
     pub force: bool,
 }
 
-/// Parses `A-B` or `A`.
-pub fn parse_layers(s: &str) -> Result<(usize, usize)> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: usize = a
-        .trim()
-        .parse()
-        .with_context(|| format!("bad layer range {s:?} (A-B)"))?;
-    let b: usize = b
-        .trim()
-        .parse()
-        .with_context(|| format!("bad layer range {s:?} (A-B)"))?;
-    if a > b {
-        bail!("bad layer range {s:?}: start after end");
+impl VectorArgs {
+    /// The vector file to use: `--cmrm FILE`, else `<model-stem>.cmrm.gguf` when it exists
+    /// (`required`: an error when there is none). Read and checked before the model loads.
+    pub fn load(&self, model: &Path, required: bool) -> Result<Option<(PathBuf, CmrmVectors)>> {
+        let path = match &self.file {
+            Some(p) => p.clone(),
+            None => {
+                let p = default_path(model);
+                if !p.exists() {
+                    if required {
+                        anyhow::bail!(
+                            "no vector file: {} does not exist; make one with `cmrm calibrate` or pass --cmrm FILE",
+                            p.display()
+                        );
+                    }
+                    return Ok(None);
+                }
+                p
+            }
+        };
+        let v = CmrmVectors::load(&path)?;
+        Ok(Some((path, v)))
     }
-    Ok((a, b))
+
+    /// Checks that `vectors` were made for the loaded model.
+    pub fn check(&self, path: &Path, vectors: &CmrmVectors, engine: &Engine) -> Result<()> {
+        let id = cmrm::vectors::ModelId::of(engine)?;
+        vectors.check_model(path, &id, self.force)?;
+        Ok(())
+    }
+}
+
+/// How shifts are applied, for every command that steers.
+#[derive(Args, Clone, Debug)]
+pub struct RuleArgs {
+    /// How per-layer total shifts are added: total, increment, interpolate.
+    #[arg(long = "cmrm-apply")]
+    pub apply: Option<Apply>,
+    /// Steered layers: A-B (inclusive) or a single layer A (default: the file's, else one
+    /// layer at ~70% depth).
+    #[arg(long = "cmrm-layers", value_name = "A-B")]
+    pub layers: Option<Layers>,
+    /// Steered tokens: last (last prompt token and generated tokens), after-image, all.
+    #[arg(long = "cmrm-positions")]
+    pub positions: Option<Positions>,
+    /// Meaningless image of sample-level shifts: blank, noise, noise:SEED, anchor (the input's
+    /// own image) or an image file.
+    #[arg(long = "cmrm-corruption", value_name = "CORRUPTION")]
+    pub corruption: Option<Corruption>,
+    /// Mechanism: cvec (llama.cpp's control vector) or callback (edits in the graph callback,
+    /// reaches layer 0).
+    #[arg(long = "cmrm-path", default_value = "cvec")]
+    pub mechanism: Mechanism,
+}
+
+impl RuleArgs {
+    /// `base` with the flags that are set.
+    pub fn config(&self, base: SteerConfig) -> SteerConfig {
+        SteerConfig {
+            apply: self.apply.unwrap_or(base.apply),
+            layers: self.layers.unwrap_or(base.layers),
+            positions: self.positions.unwrap_or(base.positions),
+            ..base
+        }
+    }
+}
+
+/// CMRM flags of `chat` (and `serve`).
+#[derive(Args, Clone, Debug)]
+pub struct SteerArgs {
+    #[command(flatten)]
+    pub vectors: VectorArgs,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// Do not steer, even when a vector file sits next to the model.
+    #[arg(long = "no-cmrm", conflicts_with_all = ["file", "sample", "alpha", "apply", "layers", "positions", "corruption", "text_only"])]
+    pub off: bool,
+    /// Scale of the shift (default: the file's recommended alpha, else 1).
+    #[arg(long = "cmrm-alpha")]
+    pub alpha: Option<f32>,
+    /// Sample-level CMRM: compute each request's own shift (two extra prefills).
+    #[arg(long = "cmrm-sample")]
+    pub sample: bool,
+    /// Also steer turns without an image.
+    #[arg(long = "cmrm-text")]
+    pub text_only: bool,
+}
+
+/// What the flags ask for, checked before the model loads.
+pub struct SteerPlan {
+    vectors: Option<(PathBuf, CmrmVectors)>,
+    source: Source,
+    config: SteerConfig,
+    mechanism: Mechanism,
 }
 
 impl SteerArgs {
-    /// The configuration: `base` (a file's recommendation or the defaults) with the flags.
-    pub fn config(&self, base: SteerConfig) -> Result<SteerConfig> {
-        let mut c = base;
-        if let Some(a) = self.alpha {
-            c.alpha = a;
-        }
-        if let Some(a) = self.apply {
-            c.apply = a;
-        }
-        if let Some(l) = &self.layers {
-            c.layers = parse_layers(l)?;
-        }
-        if let Some(p) = self.positions {
-            c.positions = p;
-        }
-        c.text_only |= self.text_only;
-        Ok(c)
-    }
-
-    /// The steerer these flags ask for on `engine`, or `None` for plain inference.
-    pub fn steerer<'e>(&self, engine: &'e Engine) -> Result<Option<Steerer<'e>>> {
+    /// Reads the vector file and checks the settings; `None` for plain inference.
+    pub fn plan(&self, model: &Path) -> Result<Option<SteerPlan>> {
         if self.off {
             return Ok(None);
         }
-        let explicit = self.file.is_some();
-        let path = self
-            .file
-            .clone()
-            .unwrap_or_else(|| default_path(&engine.options().model));
-        let vectors = if explicit || (!self.sample && path.exists()) {
-            let v = CmrmVectors::load(&path)?;
-            v.check_model(&path, &model_id(engine)?, self.force)?;
-            Some(v)
-        } else {
-            None
-        };
+        if self.rules.corruption.is_some() && !self.sample {
+            anyhow::bail!("--cmrm-corruption applies to sample-level CMRM only: add --cmrm-sample");
+        }
+        let vectors = self.vectors.load(model, false)?;
+        if vectors.is_none() && !self.sample {
+            let r = &self.rules;
+            let set = self.alpha.is_some()
+                || r.apply.is_some()
+                || r.layers.is_some()
+                || r.positions.is_some()
+                || r.mechanism != Mechanism::Cvec
+                || self.text_only
+                || self.vectors.force;
+            if set {
+                anyhow::bail!(
+                    "the --cmrm-* flags would be ignored: there is no vector file ({} does not exist); pass --cmrm FILE or --cmrm-sample",
+                    default_path(model).display()
+                );
+            }
+            return Ok(None);
+        }
         let base = vectors
             .as_ref()
-            .map(|v| v.recommended.clone())
+            .map(|(_, v)| v.recommended.clone())
             .unwrap_or_default();
-        let config = self.config(base)?;
+        let mut config = self.rules.config(base);
+        if let Some(a) = self.alpha {
+            config.alpha = a;
+        }
+        config.text_only |= self.text_only;
         let source = if self.sample {
-            Source::Sample(Corruption::parse(&self.corruption))
-        } else if let Some(v) = vectors {
-            Source::Dataset(v.deltas)
+            Source::Sample(
+                self.rules
+                    .corruption
+                    .clone()
+                    .unwrap_or(Corruption::Noise(0)),
+            )
         } else {
-            return Ok(None);
+            Source::Dataset
+        };
+        config.check(self.sample, self.rules.mechanism == Mechanism::Callback)?;
+        Ok(Some(SteerPlan {
+            vectors,
+            source,
+            config,
+            mechanism: self.rules.mechanism,
+        }))
+    }
+
+    /// The steering of a plan on the loaded engine.
+    pub fn steering(&self, plan: SteerPlan, engine: &Engine) -> Result<CmrmSteering> {
+        let deltas = match &plan.vectors {
+            Some((path, v)) => {
+                self.vectors.check(path, v, engine)?;
+                Some(v.deltas.clone())
+            }
+            None => None,
         };
         if engine.options().verbose {
-            let (first, last) = config.layer_range(engine.model().n_layer());
+            let (first, last) = plan.config.layer_range(engine.model().n_layer());
+            let what = match (&plan.source, &plan.vectors) {
+                (Source::Sample(c), _) => format!("sample-level, corruption {c}"),
+                (Source::Dataset, Some((p, _))) => p.display().to_string(),
+                (Source::Dataset, None) => "dataset".into(),
+            };
             eprintln!(
-                "cmrm: steering ({}) alpha {} apply {} layers {}-{} positions {} via {:?}",
-                if self.sample {
-                    "sample-level".to_string()
-                } else {
-                    path.display().to_string()
-                },
-                config.alpha,
-                config.apply.name(),
-                first,
-                last,
-                config.positions.name(),
-                self.mechanism
+                "cmrm: steering ({what}) alpha {} apply {} layers {first}-{last} positions {} via {}",
+                plan.config.alpha, plan.config.apply, plan.config.positions, plan.mechanism
             );
         }
-        Steerer::new(engine, source, config, self.mechanism).map(Some)
+        let sample_ready = matches!(plan.source, Source::Sample(_));
+        Ok(CmrmSteering::new(
+            engine,
+            deltas,
+            plan.source,
+            plan.config,
+            plan.mechanism,
+            sample_ready,
+        )?)
     }
 }

@@ -14,11 +14,13 @@ use cmrm::eval::safety::{self, SafetyRecord, SafetySummary};
 use cmrm::eval::utility::{self, UtilityRecord, UtilitySummary};
 use cmrm::eval::BASELINE;
 use cmrm::plot::{Chart, Series, Style};
-use cmrm::steer::SteerConfig;
-use cmrm::vectors::{default_path, CmrmVectors};
+use cmrm::session::SteerConfig;
+use cmrm::vectors::CmrmVectors;
 use cmrm::Engine;
 
-use super::eval::{publish, run_safety, run_utility, ConditionArgs, Conditions, DataArgs};
+use super::eval::{
+    publish, run_safety, run_utility, ConditionPlan, Conditions, DataArgs, GridArgs, Kind,
+};
 use super::ModelArgs;
 
 /// Flags of `cmrm sweep`.
@@ -35,13 +37,12 @@ pub struct SweepArgs {
     /// Use only the first N benign items.
     #[arg(long = "benign-limit")]
     benign_limit: Option<usize>,
-    /// The grid: --alpha LIST and --cmrm-layers LIST (comma-separated ranges), plus the
-    /// other --cmrm-* flags.
+    /// The grid: --alpha LIST and --layer-grid LIST, plus the other --cmrm-* flags.
     #[command(flatten)]
-    conditions: ConditionArgs,
+    grid: GridArgs,
     /// Answer tokens for the safety judge.
     #[arg(short = 'n', long = "n-predict", default_value_t = 48)]
-    n_predict: i32,
+    n_predict: usize,
     /// A configuration qualifies if its benign over-refusal exceeds the image baseline's by at
     /// most this much (absolute, 0-1).
     #[arg(long = "max-over-refusal", default_value_t = 0.05)]
@@ -64,20 +65,20 @@ struct Row {
 }
 
 /// Runs the sweep.
-pub fn run(mut args: SweepArgs) -> Result<()> {
-    args.conditions.conditions = vec![BASELINE.into(), "cmrm".into()];
+pub fn run(args: SweepArgs) -> Result<()> {
     let harmful = args.data.items()?;
     let mut benign = read_jsonl(&args.benign)?;
     if let Some(n) = args.benign_limit {
         benign.truncate(n);
     }
+    if args.grid.layer_grid.is_empty() && args.grid.rules.layers.is_none() {
+        anyhow::bail!("the sweep needs its layers: --layer-grid LIST (e.g. 12,16,20), with --alpha LIST for the alphas");
+    }
+    let kinds = [Kind::Image, Kind::Cmrm];
+    let plan = ConditionPlan::new(&kinds, &args.grid, &args.model.model)?;
+    let vector_file = plan.vector_file().map(|p| p.to_path_buf());
     let engine = Engine::load(args.model.engine_options())?;
-    let mut conds = Conditions::new(
-        &engine,
-        &args.conditions,
-        args.data.system.clone(),
-        args.n_predict,
-    )?;
+    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let out = &args.data.out;
     let mut sj: Journal<SafetyRecord> = Journal::open(&out.join("sweep-safety.jsonl"))?;
     let mut uj: Journal<UtilityRecord> = Journal::open(&out.join("sweep-utility.jsonl"))?;
@@ -152,13 +153,10 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     publish(out, "sweep", &rows, &md, args.data.json)?;
     match best {
         Some(b) if args.write_default => {
-            let cfg = conds.config(&b.condition).expect("a CMRM condition");
-            let path = args
-                .conditions
-                .steering
-                .file
-                .clone()
-                .unwrap_or_else(|| default_path(&args.model.model));
+            let cfg = conds
+                .config(&b.condition)
+                .context("the chosen condition steers")?;
+            let path = vector_file.context("the sweep ran on a vector file")?;
             let mut v = CmrmVectors::load(&path)?;
             v.recommended = SteerConfig {
                 text_only: false,

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::journal::{by_condition, Keyed};
 use super::judge::is_refusal;
-use super::metrics::{argmax, cosine, kl, l2, mean_ci, percent_ci, shared_prefix, wilson};
+use super::metrics::{kl, mean_ci, percent_ci, shared_prefix, wilson};
 use super::{RunOutput, BASELINE};
+use crate::math::{argmax, cosine, l2};
 
 /// One item's fidelity under a condition, against the text-only run.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]

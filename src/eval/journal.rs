@@ -6,8 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{Error, Result};
 
 /// A record with a key that identifies the work it stands for.
 pub trait Keyed {
@@ -27,28 +28,34 @@ impl<T: Serialize + DeserializeOwned + Keyed> Journal<T> {
     /// Opens (or creates) `path`, reading what an earlier run finished; a torn last line
     /// (a run killed mid-write) is cut off.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("{}: cannot create", dir.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the folder", e))?;
         }
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         if path.exists() {
-            File::open(path)?.read_to_string(&mut text)?;
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| Error::io(path, "read", e))?;
         }
-        let complete = text.rfind('\n').map_or(0, |i| i + 1);
-        if complete != text.len() {
+        // A line cut by a kill (no newline at its end) is dropped and redone.
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete != bytes.len() {
             OpenOptions::new()
                 .write(true)
-                .open(path)?
-                .set_len(complete as u64)?;
+                .open(path)
+                .and_then(|f| f.set_len(complete as u64))
+                .map_err(|e| Error::io(path, "write", e))?;
         }
         let mut records = Vec::new();
-        for (i, line) in text[..complete].lines().enumerate() {
-            let r: T = serde_json::from_str(line).with_context(|| {
-                format!(
-                    "{}:{}: not a record of this command; use another --out",
-                    path.display(),
-                    i + 1
+        for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: T = serde_json::from_slice(line).map_err(|e| {
+                Error::data(
+                    path,
+                    Some(i + 1),
+                    format!("not a record of this command ({e}); use another --out"),
                 )
             })?;
             records.push(r);
@@ -58,7 +65,7 @@ impl<T: Serialize + DeserializeOwned + Keyed> Journal<T> {
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+            .map_err(|e| Error::io(path, "write", e))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -74,12 +81,13 @@ impl<T: Serialize + DeserializeOwned + Keyed> Journal<T> {
 
     /// Appends a record and flushes it to disk.
     pub fn push(&mut self, record: T) -> Result<()> {
-        let mut line = serde_json::to_string(&record)?;
+        let mut line = serde_json::to_string(&record)
+            .map_err(|e| Error::Invalid(format!("cannot encode a record: {e}")))?;
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.sync_data())
-            .with_context(|| format!("{}: cannot write", self.path.display()))?;
+            .map_err(|e| Error::io(&self.path, "write", e))?;
         self.done.insert(record.key());
         self.records.push(record);
         Ok(())
@@ -116,15 +124,6 @@ pub fn by_condition<T: Keyed>(records: &[T]) -> Vec<(String, Vec<&T>)> {
         }
     }
     groups
-}
-
-/// Writes `contents` to `path` atomically (temp file + rename).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 #[cfg(test)]

@@ -1,16 +1,4 @@
-//! Metrics: distribution distances, state gaps, intervals.
-
-/// Log-softmax of a logits row.
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits
-        .iter()
-        .map(|l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
-    logits.iter().map(|l| l - lse).collect()
-}
+//! Metrics: distribution distances, agreement, intervals and paired tests.
 
 /// KL(p || q) in nats from log-probabilities.
 pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
@@ -26,37 +14,6 @@ pub fn kl(logp: &[f32], logq: &[f32]) -> f64 {
         })
         .sum::<f64>()
         .max(0.0)
-}
-
-/// Index of the largest value.
-pub fn argmax(x: &[f32]) -> usize {
-    x.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
-}
-
-/// Cosine similarity.
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    ab / (aa.sqrt() * bb.sqrt()).max(1e-30)
-}
-
-/// Euclidean distance.
-pub fn l2(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// Length of the common prefix of two token sequences.
@@ -116,64 +73,11 @@ pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
-/// Projects rows onto their first two principal components (rows centered on their mean).
-pub fn pca2(rows: &[Vec<f32>]) -> Vec<(f64, f64)> {
-    let n = rows.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let d = rows[0].len();
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.iter().map(|r| r[j] as f64).sum::<f64>() / n as f64)
-        .collect();
-    let x: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| r.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect())
-        .collect();
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
-    let mut comps: Vec<Vec<f64>> = Vec::new();
-    for k in 0..2 {
-        let mut v: Vec<f64> = (0..d)
-            .map(|j| 1.0 + ((j * 7 + k * 13) % 11) as f64 * 0.01)
-            .collect();
-        for _ in 0..300 {
-            let mut next = vec![0f64; d];
-            for r in &x {
-                let p = dot(r, &v);
-                next.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
-            }
-            for c in &comps {
-                let p = dot(&next, c);
-                next.iter_mut().zip(c).for_each(|(a, b)| *a -= p * b);
-            }
-            let norm = dot(&next, &next).sqrt();
-            if norm == 0.0 {
-                break;
-            }
-            next.iter_mut().for_each(|a| *a /= norm);
-            v = next;
-        }
-        comps.push(v);
-    }
-    x.iter()
-        .map(|r| (dot(r, &comps[0]), dot(r, &comps[1])))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn pca2_finds_the_spread_direction() {
-        let rows: Vec<Vec<f32>> = (0..10)
-            .map(|i| vec![i as f32, 0.01 * (i % 2) as f32, 5.0])
-            .collect();
-        let p = super::pca2(&rows);
-        let spread1 = p.iter().map(|q| q.0.abs()).fold(0.0, f64::max);
-        let spread2 = p.iter().map(|q| q.1.abs()).fold(0.0, f64::max);
-        assert!(spread1 > 4.0 && spread2 < 0.1, "{spread1} {spread2}");
-    }
-
     use super::*;
+
+    use crate::math::log_softmax;
 
     #[test]
     fn kl_of_identical_is_zero_and_positive_otherwise() {
@@ -208,9 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn gaps() {
-        assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-12);
-        assert!((l2(&[0.0, 3.0], &[4.0, 0.0]) - 5.0).abs() < 1e-12);
+    fn shared_prefixes() {
         assert_eq!(shared_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
     }
 }

@@ -1,29 +1,26 @@
-//! Runs one item under one condition: greedy answer, first-answer-token distribution and the
-//! last-prompt-token state of every layer (after steering).
+//! Runs one item under one condition on one session: the greedy answer, the first-answer-token
+//! distribution and the last-prompt-token state of every layer (after steering).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
-use image::RgbImage;
-
-use crate::capture::{shared, HookChain, LayerCapture};
+use crate::capture::{lock, shared, LayerCapture};
 use crate::data::Item;
 use crate::engine::Engine;
-use crate::ffi::SharedHook;
-use crate::media;
-use crate::session::{NoHooks, PromptHooks, Session};
-use crate::steer::Steerer;
-use crate::SamplingParams;
+use crate::error::{Error, Result};
+use crate::media::{self, Image};
+use crate::session::{GenerateOptions, Generation, Session, SessionOptions, SteerOverride, Turn};
+use crate::steer::CmrmSteering;
 
 /// A condition an item is run under.
-pub enum Condition<'a, 'e> {
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
     /// The image removed: the text-only behaviour CMRM aims to restore.
     Text,
     /// The image, no steering.
     Image,
-    /// The image with steering.
-    Steered(&'a mut Steerer<'e>),
+    /// The image with the runner's steering under these settings.
+    Steered(SteerOverride),
 }
 
 /// What one run produced.
@@ -54,36 +51,37 @@ pub struct Utility {
     pub ms: f64,
 }
 
-/// Runs items on one engine with a capturing session.
+/// Runs items on one session with a state capture.
 pub struct Runner<'e> {
     engine: &'e Engine,
     session: Session<'e>,
     capture: Arc<Mutex<LayerCapture>>,
+    steered: bool,
     /// System message for every item.
     pub system: Option<String>,
     /// Tokens to generate per answer.
-    pub n_predict: i32,
+    pub n_predict: usize,
 }
 
 impl<'e> Runner<'e> {
-    /// A runner on `engine`; `steer_hook` is a callback steerer's graph hook (it runs before
-    /// the capture, which therefore sees steered states).
+    /// A runner on `engine`; `steering` serves the steered conditions (each through its own
+    /// per-turn settings).
     pub fn new(
         engine: &'e Engine,
+        steering: Option<CmrmSteering>,
         system: Option<String>,
-        n_predict: i32,
-        steer_hook: Option<SharedHook>,
+        n_predict: usize,
     ) -> Result<Self> {
         let capture = LayerCapture::all_layers(engine.model().n_layer());
-        let hook: SharedHook = match steer_hook {
-            Some(h) => Arc::new(Mutex::new(HookChain(vec![h, shared(&capture)]))),
-            None => shared(&capture),
-        };
-        let session = engine.session(Some(hook))?;
+        let steered = steering.is_some();
+        let options = SessionOptions::new()
+            .boxed_steering(steering.map(|s| Box::new(s) as _))
+            .observer(shared(&capture));
         Ok(Self {
             engine,
-            session,
+            session: Session::new(engine, options)?,
             capture,
+            steered,
             system,
             n_predict,
         })
@@ -95,55 +93,65 @@ impl<'e> Runner<'e> {
     }
 
     /// Loads an item's image (or an error naming the item).
-    pub fn image_of(item: &Item) -> Result<RgbImage> {
+    pub fn image_of(item: &Item) -> Result<Image> {
         let src = item
             .image
             .as_deref()
-            .with_context(|| format!("item {} has no image", item.id))?;
-        media::load(src).with_context(|| format!("item {}", item.id))
+            .ok_or_else(|| Error::Invalid(format!("item {} has no image", item.id)))?;
+        media::load_image(src).map_err(|e| match e {
+            Error::Image { source_name, cause } => Error::Image {
+                source_name,
+                cause: format!("{cause} (item {})", item.id),
+            },
+            e => e,
+        })
     }
 
-    /// Evaluates `item`'s prompt under `condition`; returns the first-answer-token logits.
-    fn begin(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<Vec<f32>> {
-        let images = match condition {
-            Condition::Text => Vec::new(),
-            _ => vec![Self::image_of(item)?],
+    fn turn(&self, item: &Item, condition: &Condition) -> Result<Turn> {
+        let mut turn = Turn::user(&item.prompt);
+        turn.system = self.system.clone();
+        if *condition != Condition::Text {
+            turn.images.push(Self::image_of(item)?);
+        }
+        turn.steering = match condition {
+            Condition::Steered(o) if !self.steered => {
+                return Err(Error::Steering(format!(
+                    "a steered condition ({o:?}) on a runner without steering"
+                )))
+            }
+            Condition::Steered(o) => Some(o.clone()),
+            _ if self.steered => Some(SteerOverride {
+                enabled: Some(false),
+                ..SteerOverride::default()
+            }),
+            _ => None,
         };
-        let system = self.system.as_deref();
-        let mut hooks: Box<dyn PromptHooks> = match condition {
-            Condition::Steered(s) => s.turn(system, &item.prompt, &images)?,
-            _ => Box::new(NoHooks),
-        };
-        self.session.reset();
-        self.lock_capture()?.clear();
-        self.lock_capture()?.set_armed(true);
-        let prompt = self.session.prepare(system, &item.prompt, &images)?;
-        self.session.eval(&prompt, hooks.as_mut())?;
-        // Later decodes (answers, scoring) must not overwrite the prompt states.
-        self.lock_capture()?.set_armed(false);
-        Ok(self.session.context().logits().to_vec())
-    }
-
-    fn answer(&mut self) -> Result<crate::session::Generation> {
-        self.session.generate(
-            &SamplingParams::default(),
-            self.n_predict,
-            false,
-            &mut |_| true,
-        )
+        Ok(turn)
     }
 
     /// Runs `item` under `condition`.
-    pub fn run(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<RunOutput> {
+    pub fn run(&mut self, item: &Item, condition: &Condition) -> Result<RunOutput> {
         let start = Instant::now();
-        let logits = self.begin(item, condition)?;
-        let states = self
-            .lock_capture()?
-            .all_states()
-            .context("a layer state was not captured")?;
-        let g = self.answer()?;
+        let turn = self.turn(item, condition)?;
+        self.session.reset();
+        {
+            let mut c = lock(&self.capture)?;
+            c.clear();
+            c.set_armed(true);
+        }
+        let prefilled = self.session.prefill(&turn);
+        // Later decodes (the answer) must not overwrite the prompt states.
+        let states = {
+            let mut c = lock(&self.capture)?;
+            c.set_armed(false);
+            c.all_states()
+        };
+        let prefilled = prefilled?;
+        let states = states?;
+        let first_logprobs = crate::math::log_softmax(prefilled.logits());
+        let g = prefilled.generate(&GenerateOptions::greedy(self.n_predict), &mut |_| true)?;
         Ok(RunOutput {
-            first_logprobs: crate::eval::metrics::log_softmax(&logits),
+            first_logprobs,
             states,
             text: g.text,
             tokens: g.tokens,
@@ -153,16 +161,17 @@ impl<'e> Runner<'e> {
 
     /// Utility of `item` under `condition`: log-likelihood of its reference answer, its
     /// multiple-choice pick, and the greedy answer (for over-refusal).
-    pub fn utility(&mut self, item: &Item, condition: Condition<'_, 'e>) -> Result<Utility> {
+    pub fn utility(&mut self, item: &Item, condition: &Condition) -> Result<Utility> {
         let start = Instant::now();
-        let logits = self.begin(item, condition)?;
-        let n_past = self.session.n_past();
+        let turn = self.turn(item, condition)?;
+        self.session.reset();
+        lock(&self.capture)?.set_armed(false);
         let model = self.engine.model();
+        let mut prefilled = self.session.prefill(&turn)?;
         let mut reference = None;
         if let Some(r) = &item.reference {
             let toks = model.tokenize(r, false, false)?;
-            let lps = self.session.score(&logits, &toks)?;
-            self.session.rewind(n_past)?;
+            let lps = prefilled.score(&toks)?;
             reference = Some((lps.iter().map(|&x| x as f64).sum(), toks.len()));
         }
         let mut choice = None;
@@ -170,33 +179,18 @@ impl<'e> Runner<'e> {
             let mut scores = Vec::new();
             for c in choices {
                 let toks = model.tokenize(c, false, false)?;
-                let lps = self.session.score(&logits, &toks)?;
-                self.session.rewind(n_past)?;
-                scores.push(lps.iter().map(|&x| x as f64).sum::<f64>());
+                let lps = prefilled.score(&toks)?;
+                scores.push(lps.iter().map(|&x| x as f64).sum::<f64>() as f32);
             }
-            choice = Some(super::metrics::argmax(
-                &scores.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-            ));
+            choice = Some(crate::math::argmax(&scores));
         }
-        // The greedy answer continues from the prompt's logits.
-        let g = self.answer_from(&logits)?;
+        let g: Generation =
+            prefilled.generate(&GenerateOptions::greedy(self.n_predict), &mut |_| true)?;
         Ok(Utility {
             response: g.text,
             reference,
             choice,
             ms: start.elapsed().as_secs_f64() * 1e3,
         })
-    }
-
-    /// Generates after a rewind, restoring the prompt's last logits first.
-    fn answer_from(&mut self, logits: &[f32]) -> Result<crate::session::Generation> {
-        self.session.set_logits(logits);
-        self.answer()
-    }
-
-    fn lock_capture(&self) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {
-        self.capture
-            .lock()
-            .map_err(|_| anyhow::anyhow!("capture poisoned"))
     }
 }

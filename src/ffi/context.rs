@@ -1,26 +1,147 @@
-//! An inference context: KV cache, decoding, logits, control vectors and the graph hook.
+//! An inference context: KV cache (one or more sequences), decoding, logits, control vectors and
+//! the graph hook.
 
 use std::ffi::c_void;
+use std::fmt;
 use std::ptr::NonNull;
+use std::str::FromStr;
 
-use anyhow::{bail, ensure, Result};
 use llama_cpp_sys_2 as sys;
 
 use super::hook::{trampoline, SharedHook};
-use super::log::reason;
-use super::Model;
+use super::{failure, Model};
+use crate::error::{Error, Result};
 
-/// Settings of a context, as llama.cpp's `-c`, `-b`, `-t`.
+/// When flash attention is used (llama.cpp's `-fa on|off|auto`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashAttn {
+    /// llama.cpp decides per model and device (its default).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl FromStr for FlashAttn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FlashAttn::Auto),
+            "on" | "1" | "true" | "enabled" => Ok(FlashAttn::On),
+            "off" | "0" | "false" | "disabled" => Ok(FlashAttn::Off),
+            _ => Err(format!("{s:?}: expected on, off or auto")),
+        }
+    }
+}
+
+impl fmt::Display for FlashAttn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        })
+    }
+}
+
+/// A KV cache element type (llama.cpp's `-ctk` / `-ctv`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (llama.cpp's default).
+    #[default]
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit blocks.
+    Q8_0,
+    /// 4-bit blocks.
+    Q4_0,
+    /// 4-bit blocks with offsets.
+    Q4_1,
+    /// 4-bit non-linear blocks.
+    Iq4Nl,
+    /// 5-bit blocks.
+    Q5_0,
+    /// 5-bit blocks with offsets.
+    Q5_1,
+}
+
+const KV_TYPES: [(KvType, &str); 9] = [
+    (KvType::F32, "f32"),
+    (KvType::F16, "f16"),
+    (KvType::Bf16, "bf16"),
+    (KvType::Q8_0, "q8_0"),
+    (KvType::Q4_0, "q4_0"),
+    (KvType::Q4_1, "q4_1"),
+    (KvType::Iq4Nl, "iq4_nl"),
+    (KvType::Q5_0, "q5_0"),
+    (KvType::Q5_1, "q5_1"),
+];
+
+impl KvType {
+    fn ggml(self) -> sys::ggml_type {
+        match self {
+            KvType::F32 => sys::GGML_TYPE_F32,
+            KvType::F16 => sys::GGML_TYPE_F16,
+            KvType::Bf16 => sys::GGML_TYPE_BF16,
+            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+            KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
+            KvType::Q4_1 => sys::GGML_TYPE_Q4_1,
+            KvType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
+            KvType::Q5_0 => sys::GGML_TYPE_Q5_0,
+            KvType::Q5_1 => sys::GGML_TYPE_Q5_1,
+        }
+    }
+}
+
+impl FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KV_TYPES
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(t, _)| *t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = KV_TYPES.iter().map(|(_, n)| *n).collect();
+                format!("{s:?}: expected one of {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = KV_TYPES.iter().find(|(t, _)| t == self).map(|(_, n)| *n);
+        f.write_str(name.unwrap_or("?"))
+    }
+}
+
+/// Settings of a context, as llama.cpp's `-c`, `-b`, `-ub`, `-t`, `-tb`, `-fa`, `-ctk`, `-ctv`.
 #[derive(Clone, Debug)]
 pub struct ContextParams {
-    /// Context length in tokens (0 = the model's training length).
+    /// Context length in tokens (0 = the model's training length), shared by all sequences.
     pub n_ctx: u32,
-    /// Tokens per decode call (also the micro-batch size).
+    /// Tokens per decode call.
     pub n_batch: u32,
-    /// CPU threads.
+    /// Tokens per micro-batch (physical batch).
+    pub n_ubatch: u32,
+    /// CPU threads for generation.
     pub n_threads: i32,
+    /// CPU threads for prompt processing.
+    pub n_threads_batch: i32,
+    /// Sequences the KV cache holds at once (they share `n_ctx`).
+    pub n_seq: u32,
     /// Also return final-norm embeddings for output rows.
     pub embeddings: bool,
+    /// Flash attention.
+    pub flash_attn: FlashAttn,
+    /// K cache type.
+    pub type_k: KvType,
+    /// V cache type.
+    pub type_v: KvType,
 }
 
 /// A llama.cpp context borrowing its model.
@@ -30,6 +151,8 @@ pub struct Context<'m> {
     n_batch: usize,
     /// Whether a control vector is set (clearing an unset one is free).
     cvec_set: bool,
+    /// Whether the last decode asked for logits.
+    has_logits: bool,
     /// Keeps the hook alive at a fixed address for the C callback.
     _hook: Option<Box<SharedHook>>,
 }
@@ -41,16 +164,27 @@ unsafe impl Send for Context<'_> {}
 impl<'m> Context<'m> {
     /// Creates a context; `hook` (fixed for the context's life) sees graph tensors.
     pub fn new(model: &'m Model, params: &ContextParams, hook: Option<SharedHook>) -> Result<Self> {
-        ensure!(params.n_batch > 0, "batch size must be positive");
+        if params.n_batch == 0 || params.n_ubatch == 0 {
+            return Err(Error::Invalid("batch sizes must be positive".into()));
+        }
         // SAFETY: plain constructor of a parameter struct.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = params.n_ctx;
         p.n_batch = params.n_batch;
-        p.n_ubatch = params.n_batch;
+        p.n_ubatch = params.n_ubatch.min(params.n_batch);
+        p.n_seq_max = params.n_seq.max(1);
+        p.kv_unified = params.n_seq > 1;
         p.n_threads = params.n_threads;
-        p.n_threads_batch = params.n_threads;
+        p.n_threads_batch = params.n_threads_batch;
         p.embeddings = params.embeddings;
         p.no_perf = false;
+        p.flash_attn_type = match params.flash_attn {
+            FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        p.type_k = params.type_k.ggml();
+        p.type_v = params.type_v.ggml();
         let hook = hook.map(Box::new);
         if let Some(h) = &hook {
             p.cb_eval = Some(trampoline);
@@ -58,9 +192,7 @@ impl<'m> Context<'m> {
         }
         // SAFETY: the model outlives the context (borrow); the hook box outlives it too (field).
         let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            bail!("llama.cpp could not create a context{}", reason());
-        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| failure("creating a context", None))?;
         // SAFETY: valid context.
         let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) } as usize;
         Ok(Self {
@@ -68,6 +200,7 @@ impl<'m> Context<'m> {
             model,
             n_batch,
             cvec_set: false,
+            has_logits: false,
             _hook: hook,
         })
     }
@@ -92,25 +225,32 @@ impl<'m> Context<'m> {
         self.n_batch
     }
 
-    /// Decodes `tokens` at positions `pos0..`, in pieces of at most `n_batch`; logits are
-    /// kept for the final token only when `logits_last`.
-    pub fn decode(&mut self, tokens: &[i32], pos0: usize, logits_last: bool) -> Result<()> {
+    /// Decodes `tokens` of sequence `seq` at positions `pos0..`, in pieces of at most
+    /// `n_batch`; logits are kept for the final token only when `logits_last`.
+    pub fn decode(
+        &mut self,
+        tokens: &[i32],
+        pos0: usize,
+        seq: i32,
+        logits_last: bool,
+    ) -> Result<()> {
         let end = pos0 + tokens.len();
-        ensure!(
-            end <= self.n_ctx(),
-            "context is full ({end} tokens needed, context is {}): raise -c",
-            self.n_ctx()
-        );
         let mut pos = pos0;
         for piece in tokens.chunks(self.n_batch) {
             let last_piece = pos + piece.len() == end;
-            self.decode_piece(piece, pos, logits_last && last_piece)?;
+            self.decode_piece(piece, pos, seq, logits_last && last_piece)?;
             pos += piece.len();
         }
         Ok(())
     }
 
-    fn decode_piece(&mut self, tokens: &[i32], pos0: usize, logits_last: bool) -> Result<()> {
+    fn decode_piece(
+        &mut self,
+        tokens: &[i32],
+        pos0: usize,
+        seq: i32,
+        logits_last: bool,
+    ) -> Result<()> {
         let n = tokens.len();
         // SAFETY: allocates a batch with room for n tokens of one sequence each.
         let batch = unsafe { sys::llama_batch_init(n as i32, 0, 1) };
@@ -120,7 +260,7 @@ impl<'m> Context<'m> {
                 *batch.token.add(i) = tok;
                 *batch.pos.add(i) = (pos0 + i) as i32;
                 *batch.n_seq_id.add(i) = 1;
-                **batch.seq_id.add(i) = 0;
+                **batch.seq_id.add(i) = seq;
                 *batch.logits.add(i) = i8::from(logits_last && i + 1 == n);
             }
         }
@@ -130,25 +270,46 @@ impl<'m> Context<'m> {
         let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
         // SAFETY: the batch came from llama_batch_init and is freed once.
         unsafe { sys::llama_batch_free(batch) };
-        if rc != 0 {
-            bail!("llama_decode failed with code {rc}{}", reason());
+        self.note_decode(rc, logits_last)
+    }
+
+    /// Records the outcome of a decode (here or in mtmd's helper).
+    pub(super) fn note_decode(&mut self, rc: i32, logits: bool) -> Result<()> {
+        self.has_logits = rc == 0 && logits;
+        match rc {
+            0 => Ok(()),
+            1 => Err(Error::ContextFull {
+                needed: 0,
+                n_ctx: self.n_ctx(),
+            }),
+            _ => Err(failure("decode", Some(rc))),
         }
-        Ok(())
     }
 
     /// Logits of the last output row of the latest decode.
-    pub fn logits(&self) -> &[f32] {
-        // SAFETY: valid context; -1 is the last output row; the row holds n_vocab floats and
-        // stays valid until the next decode, which needs `&mut self`.
+    pub fn logits(&self) -> Result<&[f32]> {
+        if !self.has_logits {
+            return Err(Error::Invalid(
+                "no logits: the last decode asked for none".into(),
+            ));
+        }
+        // SAFETY: valid context; -1 is the last output row, which exists because the last
+        // decode succeeded with an output; the row holds n_vocab floats and stays valid until
+        // the next decode, which needs `&mut self`.
         unsafe {
             let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), -1);
-            assert!(!p.is_null(), "no logits: the last decode asked for none");
-            std::slice::from_raw_parts(p, self.model.n_vocab())
+            if p.is_null() {
+                return Err(failure("reading logits", None));
+            }
+            Ok(std::slice::from_raw_parts(p, self.model.n_vocab()))
         }
     }
 
     /// Final-norm embeddings of the last output row (context created with `embeddings`).
     pub fn embeddings(&self) -> Option<&[f32]> {
+        if !self.has_logits {
+            return None;
+        }
         // SAFETY: valid context; the row holds n_embd floats while `self` is borrowed.
         unsafe {
             let p = sys::llama_get_embeddings_ith(self.ptr.as_ptr(), -1);
@@ -156,23 +317,33 @@ impl<'m> Context<'m> {
         }
     }
 
-    /// Forgets every token (KV cache cleared).
-    pub fn clear(&mut self) {
+    fn memory(&self) -> sys::llama_memory_t {
         // SAFETY: valid context; its memory handle belongs to it.
-        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
+        unsafe { sys::llama_get_memory(self.ptr.as_ptr()) }
     }
 
-    /// Forgets the tokens at positions `pos..` (rolls the KV cache back).
-    pub fn truncate(&mut self, pos: usize) -> Result<()> {
-        // SAFETY: valid context; removing a position range of sequence 0 from its memory.
-        let ok = unsafe {
-            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, pos as i32, -1)
-        };
-        ensure!(
-            ok,
-            "llama.cpp could not roll the cache back to position {pos}"
-        );
+    /// Forgets every token of every sequence (KV cache cleared).
+    pub fn clear(&mut self) {
+        // SAFETY: valid context and memory handle.
+        unsafe { sys::llama_memory_clear(self.memory(), true) }
+        self.has_logits = false;
+    }
+
+    /// Forgets the tokens of sequence `seq` at positions `pos..` (all of them for 0).
+    pub fn truncate(&mut self, seq: i32, pos: usize) -> Result<()> {
+        // SAFETY: valid context; removes a position range of one sequence from its memory.
+        let ok = unsafe { sys::llama_memory_seq_rm(self.memory(), seq, pos as i32, -1) };
+        if !ok {
+            return Err(failure("rolling the cache back", None));
+        }
+        self.has_logits = false;
         Ok(())
+    }
+
+    /// Makes sequence `dst` share the cache entries of `src` at positions `..end`.
+    pub fn share_prefix(&mut self, src: i32, dst: i32, end: usize) {
+        // SAFETY: valid context; copies cell membership between two sequences it holds.
+        unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, 0, end as i32) }
     }
 
     /// Sets llama.cpp's control vector: `data` holds rows for layers 1..n_layer-1
@@ -199,12 +370,13 @@ impl<'m> Context<'m> {
                 }
             }
             Some((data, first, last)) => {
-                ensure!(
-                    data.len() == (self.model.n_layer() - 1) * n_embd,
-                    "control vector has {} floats, expected {}",
-                    data.len(),
-                    (self.model.n_layer() - 1) * n_embd
-                );
+                let want = (self.model.n_layer() - 1) * n_embd;
+                if data.len() != want {
+                    return Err(Error::Invalid(format!(
+                        "control vector has {} floats, expected {want}",
+                        data.len()
+                    )));
+                }
                 // SAFETY: data holds len floats and is only read during the call.
                 unsafe {
                     sys::llama_set_adapter_cvec(
@@ -218,7 +390,9 @@ impl<'m> Context<'m> {
                 }
             }
         };
-        ensure!(rc == 0, "llama.cpp refused the control vector{}", reason());
+        if rc != 0 {
+            return Err(failure("setting the control vector", Some(rc)));
+        }
         self.cvec_set = cvec.is_some();
         Ok(())
     }
@@ -228,12 +402,6 @@ impl<'m> Context<'m> {
         // SAFETY: valid context.
         let d = unsafe { sys::llama_perf_context(self.ptr.as_ptr()) };
         (d.t_p_eval_ms, d.n_p_eval, d.t_eval_ms, d.n_eval)
-    }
-
-    /// Resets the timings.
-    pub fn reset_timings(&mut self) {
-        // SAFETY: valid context.
-        unsafe { sys::llama_perf_context_reset(self.ptr.as_ptr()) }
     }
 }
 

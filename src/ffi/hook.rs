@@ -114,3 +114,23 @@ pub(super) unsafe extern "C" fn trampoline(
     // A panic in a hook must not unwind into C: refuse further tensors, keep computing.
     outcome.unwrap_or(!ask)
 }
+
+/// Several hooks on one context, called in order: e.g. callback steering, then a capture that
+/// sees the steered state.
+pub struct HookChain(pub Vec<SharedHook>);
+
+impl GraphHook for HookChain {
+    fn wants(&self, name: &str) -> bool {
+        self.0.iter().any(|h| h.lock().is_ok_and(|h| h.wants(name)))
+    }
+
+    fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
+        for h in &self.0 {
+            if let Ok(mut h) = h.lock() {
+                if h.wants(name) {
+                    h.observe(name, t);
+                }
+            }
+        }
+    }
+}

@@ -32,20 +32,19 @@ unsafe extern "C" fn on_log(level: sys::ggml_log_level, text: *const c_char, _us
     }
 }
 
-/// Initialises llama.cpp once per process and installs the log capture. `verbose` echoes
-/// llama.cpp's own log to stderr.
+/// Initialises llama.cpp's backends once per process and installs the log capture. `verbose`
+/// echoes llama.cpp's own log to stderr.
 pub fn init_backend(verbose: bool) {
     VERBOSE.store(verbose, Ordering::Relaxed);
     BACKEND.get_or_init(|| {
-        let backend = llama_cpp_2::llama_backend::LlamaBackend::init()
-            .expect("llama backend initialised twice in one process");
         // SAFETY: `on_log` is a plain function valid for the whole process and ignores `user`.
         unsafe {
             sys::llama_log_set(Some(on_log), std::ptr::null_mut());
             sys::mtmd_log_set(Some(on_log), std::ptr::null_mut());
             sys::mtmd_helper_log_set(Some(on_log), std::ptr::null_mut());
         }
-        backend
+        llama_cpp_2::llama_backend::LlamaBackend::init()
+            .expect("llama.cpp's backend is initialised only here, once")
     });
 }
 
@@ -57,7 +56,7 @@ pub fn last_errors() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Formats the drained llama.cpp messages as a suffix for an error.
+/// The drained llama.cpp messages as a suffix for an error.
 pub(super) fn reason() -> String {
     let lines = last_errors();
     if lines.is_empty() {

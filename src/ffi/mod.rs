@@ -11,17 +11,28 @@ mod log;
 mod model;
 mod mtmd;
 
-pub use context::{Context, ContextParams};
-pub use hook::{GraphHook, HookTensor, SharedHook};
+pub use context::{Context, ContextParams, FlashAttn, KvType};
+pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
-pub use model::{apply_chat_template, Model};
-pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd};
+pub use model::{apply_builtin_template, LoadMode, Model};
+pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd, MtmdParams};
 
 use std::ffi::CString;
 use std::path::Path;
 
+use crate::error::{Error, Result};
+
 /// A path as a C string, or an error naming the file when it contains a NUL byte.
-fn c_path(path: &Path) -> anyhow::Result<CString> {
+fn c_path(path: &Path) -> Result<CString> {
     CString::new(path.to_string_lossy().as_bytes())
-        .map_err(|_| anyhow::anyhow!("{}: path contains a NUL byte", path.display()))
+        .map_err(|_| Error::Invalid(format!("{}: path contains a NUL byte", path.display())))
+}
+
+/// A llama.cpp failure of `op`, with the messages llama.cpp logged.
+fn failure(op: &'static str, code: Option<i32>) -> Error {
+    Error::Llama {
+        op,
+        code,
+        detail: log::reason(),
+    }
 }

@@ -4,10 +4,24 @@ use std::ffi::{c_char, CString};
 use std::path::Path;
 use std::ptr::NonNull;
 
-use anyhow::{bail, Context as _, Result};
 use llama_cpp_sys_2 as sys;
 
-use super::{c_path, log::reason};
+use super::{c_path, failure};
+use crate::error::{Error, Result};
+
+/// How the model's weights are read (llama.cpp's `--no-mmap`, `--mlock`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Memory-map the file (llama.cpp's default).
+    #[default]
+    Mmap,
+    /// Read the file into memory.
+    Read,
+    /// Memory-map and lock the pages in RAM.
+    MmapLocked,
+    /// Read into memory and lock it in RAM.
+    ReadLocked,
+}
 
 /// A GGUF text model loaded by llama.cpp.
 pub struct Model {
@@ -22,20 +36,28 @@ unsafe impl Sync for Model {}
 
 impl Model {
     /// Loads a GGUF model; `n_gpu_layers` as llama.cpp's `-ngl` (negative = all).
-    pub fn load(path: &Path, n_gpu_layers: i32) -> Result<Self> {
+    pub fn load(path: &Path, n_gpu_layers: i32, mode: LoadMode) -> Result<Self> {
         let c = c_path(path)?;
         // SAFETY: plain constructor of a parameter struct.
         let mut params = unsafe { sys::llama_model_default_params() };
         params.n_gpu_layers = n_gpu_layers;
+        params.load_mode = match mode {
+            LoadMode::Mmap => sys::LLAMA_LOAD_MODE_AUTO,
+            LoadMode::Read => sys::LLAMA_LOAD_MODE_NONE,
+            LoadMode::MmapLocked => sys::LLAMA_LOAD_MODE_MMAP_MLOCK,
+            LoadMode::ReadLocked => sys::LLAMA_LOAD_MODE_MLOCK,
+        };
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call; params is valid.
         let ptr = unsafe { sys::llama_model_load_from_file(c.as_ptr(), params) };
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Self { ptr }),
-            None => bail!(
-                "{}: llama.cpp could not load this model{}",
-                path.display(),
-                reason()
-            ),
+            None => Err(Error::ModelFile {
+                path: path.to_path_buf(),
+                cause: format!(
+                    "llama.cpp could not load this model{}",
+                    super::log::reason()
+                ),
+            }),
         }
     }
 
@@ -119,7 +141,8 @@ impl Model {
 
     /// Tokenizes `text`; `parse_special` turns special-token text into special tokens.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
-        let len = i32::try_from(text.len()).context("text too long to tokenize")?;
+        let len = i32::try_from(text.len())
+            .map_err(|_| Error::Invalid("text too long to tokenize".into()))?;
         let mut out = vec![0i32; text.len() + 8];
         loop {
             // SAFETY: text is valid for `len` bytes, out is writable for out.len() tokens.
@@ -139,7 +162,7 @@ impl Model {
                 return Ok(out);
             }
             if n == i32::MIN {
-                bail!("tokenization failed (input too long)");
+                return Err(failure("tokenize", None));
             }
             out.resize((-n) as usize, 0);
         }
@@ -183,20 +206,21 @@ impl Drop for Model {
     }
 }
 
-/// Formats `(role, content)` messages with a chat template: a llama.cpp built-in name
-/// (`chatml`, `llama3`, `vicuna`, ...) or a template string. `add_assistant` appends the
-/// assistant prefix.
-pub fn apply_chat_template(
+/// Formats `(role, content)` messages with one of llama.cpp's built-in templates (`chatml`,
+/// `llama3`, `vicuna`, ...; llama.cpp's `--no-jinja` path) or a template string it recognises.
+/// `add_assistant` appends the assistant prefix.
+pub fn apply_builtin_template(
     template: &str,
     messages: &[(String, String)],
     add_assistant: bool,
 ) -> Result<String> {
-    let tmpl = CString::new(template).context("chat template contains a NUL byte")?;
+    let nul = |_| Error::Template("a template or message contains a NUL byte".into());
+    let tmpl = CString::new(template).map_err(nul)?;
     let owned: Vec<(CString, CString)> = messages
         .iter()
         .map(|(r, c)| Ok((CString::new(r.as_str())?, CString::new(c.as_str())?)))
         .collect::<Result<_, std::ffi::NulError>>()
-        .context("a chat message contains a NUL byte")?;
+        .map_err(nul)?;
     let msgs: Vec<sys::llama_chat_message> = owned
         .iter()
         .map(|(r, c)| sys::llama_chat_message {
@@ -219,11 +243,14 @@ pub fn apply_chat_template(
             )
         };
         if n < 0 {
-            bail!("chat template is not supported by llama.cpp's built-in templates; pass --chat-template NAME (e.g. chatml, llama3, vicuna)");
+            return Err(Error::Template(
+                "not one of llama.cpp's built-in templates".into(),
+            ));
         }
         if (n as usize) <= buf.len() {
             buf.truncate(n as usize);
-            return String::from_utf8(buf).context("chat template produced invalid UTF-8");
+            return String::from_utf8(buf)
+                .map_err(|_| Error::Template("the template produced invalid UTF-8".into()));
         }
         buf.resize(n as usize, 0);
     }

@@ -5,11 +5,26 @@ use std::ffi::{CStr, CString};
 use std::path::Path;
 use std::ptr::NonNull;
 
-use anyhow::{bail, ensure, Result};
 use llama_cpp_sys_2 as sys;
 
-use super::log::reason;
-use super::{c_path, Context, Model};
+use super::{c_path, failure, Context, FlashAttn, Model};
+use crate::error::{Error, Result};
+
+/// Settings of the projector (llama.cpp's `-t`, `-ngl`, `-fa`, `--image-min-tokens`,
+/// `--image-max-tokens`).
+#[derive(Clone, Debug, Default)]
+pub struct MtmdParams {
+    /// CPU threads for image encoding.
+    pub n_threads: i32,
+    /// Encode on the GPU when one is available.
+    pub use_gpu: bool,
+    /// Flash attention in the vision tower.
+    pub flash_attn: FlashAttn,
+    /// Minimum image tokens (dynamic-resolution projectors only).
+    pub image_min_tokens: Option<u32>,
+    /// Maximum image tokens (dynamic-resolution projectors only).
+    pub image_max_tokens: Option<u32>,
+}
 
 /// A loaded mmproj bound to its text model.
 pub struct Mtmd {
@@ -22,24 +37,37 @@ unsafe impl Send for Mtmd {}
 
 impl Mtmd {
     /// Loads `path` as the projector for `model`.
-    pub fn load(path: &Path, model: &Model, n_threads: i32, use_gpu: bool) -> Result<Self> {
+    pub fn load(path: &Path, model: &Model, params: &MtmdParams) -> Result<Self> {
         let c = c_path(path)?;
         // SAFETY: plain constructor of a parameter struct.
         let mut p = unsafe { sys::mtmd_context_params_default() };
-        p.n_threads = n_threads;
-        p.use_gpu = use_gpu;
+        p.n_threads = params.n_threads;
+        p.use_gpu = params.use_gpu;
         p.print_timings = false;
         p.warmup = false;
+        p.flash_attn_type = match params.flash_attn {
+            FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        if let Some(n) = params.image_min_tokens {
+            p.image_min_tokens = n as i32;
+        }
+        if let Some(n) = params.image_max_tokens {
+            p.image_max_tokens = n as i32;
+        }
         // SAFETY: path and model are valid for the call; the model outlives the mtmd context
         // because both are owned by the engine, which drops the mtmd context first.
         let ptr = unsafe { sys::mtmd_init_from_file(c.as_ptr(), model.as_ptr(), p) };
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Self { ptr }),
-            None => bail!(
-                "{}: llama.cpp could not load this mmproj{}",
-                path.display(),
-                reason()
-            ),
+            None => Err(Error::ProjectorFile {
+                path: path.to_path_buf(),
+                cause: format!(
+                    "llama.cpp could not load this mmproj{}",
+                    super::log::reason()
+                ),
+            }),
         }
     }
 
@@ -60,8 +88,8 @@ impl Mtmd {
     /// Splits `prompt` (one marker per bitmap) into text and image chunks; `add_special`
     /// adds the model's BOS token (for the start of a conversation).
     pub fn tokenize(&self, prompt: &str, bitmaps: &[Bitmap], add_special: bool) -> Result<Chunks> {
-        let text =
-            CString::new(prompt).map_err(|_| anyhow::anyhow!("prompt contains a NUL byte"))?;
+        let text = CString::new(prompt)
+            .map_err(|_| Error::Invalid("the prompt contains a NUL byte".into()))?;
         let input = sys::mtmd_input_text {
             text: text.as_ptr(),
             text_len: prompt.len(),
@@ -75,7 +103,7 @@ impl Mtmd {
         // SAFETY: allocates an empty chunk list.
         let chunks = unsafe { sys::mtmd_input_chunks_init() };
         let chunks = Chunks {
-            ptr: NonNull::new(chunks).ok_or_else(|| anyhow::anyhow!("out of memory"))?,
+            ptr: NonNull::new(chunks).ok_or_else(|| failure("allocating chunks", None))?,
         };
         // SAFETY: every pointer is valid for the call; bitmaps are only read.
         let rc = unsafe {
@@ -89,23 +117,24 @@ impl Mtmd {
         };
         match rc {
             0 => Ok(chunks),
-            1 => bail!(
+            1 => Err(Error::Invalid(format!(
                 "the prompt has a different number of {} markers than images ({} images)",
                 Self::marker(),
                 bitmaps.len()
-            ),
-            _ => bail!("mtmd could not preprocess the image{}", reason()),
+            ))),
+            _ => Err(failure("preprocessing the image", Some(rc))),
         }
     }
 
-    /// Encodes image chunk `index` and decodes its embeddings into `ctx` at `n_past`;
-    /// returns the new position.
+    /// Encodes image chunk `index` and decodes its embeddings into sequence `seq` of `ctx` at
+    /// `n_past`; returns the new position.
     pub fn eval_image(
         &self,
         ctx: &mut Context<'_>,
         chunks: &Chunks,
         index: usize,
         n_past: usize,
+        seq: i32,
         logits_last: bool,
     ) -> Result<usize> {
         let chunk = chunks.raw(index)?;
@@ -118,17 +147,16 @@ impl Mtmd {
                 ctx.as_ptr(),
                 chunk,
                 n_past as i32,
-                0,
+                seq,
                 n_batch,
                 logits_last,
                 &mut new_past,
             )
         };
-        ensure!(
-            rc == 0,
-            "encoding or decoding the image failed (code {rc}){}",
-            reason()
-        );
+        if rc != 0 {
+            return Err(failure("encoding or decoding the image", Some(rc)));
+        }
+        ctx.note_decode(0, logits_last)?;
         Ok(new_past as usize)
     }
 }
@@ -151,16 +179,27 @@ unsafe impl Send for Bitmap {}
 impl Bitmap {
     /// Wraps `rgb` (`width * height * 3` bytes, row-major).
     pub fn from_rgb(width: u32, height: u32, rgb: &[u8]) -> Result<Self> {
-        ensure!(width > 0 && height > 0, "image has zero size");
-        ensure!(
-            rgb.len() == width as usize * height as usize * 3,
-            "RGB buffer does not match {width}x{height}"
-        );
+        if width == 0 || height == 0 || rgb.len() != width as usize * height as usize * 3 {
+            return Err(Error::Invalid(format!(
+                "an RGB buffer of {} bytes is not a {width}x{height} image",
+                rgb.len()
+            )));
+        }
         // SAFETY: rgb holds width*height*3 bytes; mtmd copies them.
         let ptr = unsafe { sys::mtmd_bitmap_init(width, height, rgb.as_ptr()) };
         Ok(Self {
-            ptr: NonNull::new(ptr).ok_or_else(|| anyhow::anyhow!("out of memory"))?,
+            ptr: NonNull::new(ptr).ok_or_else(|| failure("allocating a bitmap", None))?,
         })
+    }
+}
+
+impl Bitmap {
+    /// Names the bitmap; the image chunks made from it carry the name.
+    pub fn set_id(&mut self, id: &str) -> Result<()> {
+        let c = CString::new(id).map_err(|_| Error::Invalid("bitmap id contains NUL".into()))?;
+        // SAFETY: valid bitmap; mtmd copies the string.
+        unsafe { sys::mtmd_bitmap_set_id(self.ptr.as_ptr(), c.as_ptr()) };
+        Ok(())
     }
 }
 
@@ -206,9 +245,25 @@ impl Chunks {
     }
 
     fn raw(&self, index: usize) -> Result<*const sys::mtmd_input_chunk> {
-        ensure!(index < self.len(), "chunk {index} out of range");
+        if index >= self.len() {
+            return Err(Error::Invalid(format!("chunk {index} out of range")));
+        }
         // SAFETY: index is in range; the chunk is owned by the list.
         Ok(unsafe { sys::mtmd_input_chunks_get(self.ptr.as_ptr(), index) })
+    }
+
+    /// The id of chunk `index` (the name of the bitmap an image chunk was made from).
+    pub fn id(&self, index: usize) -> Result<Option<String>> {
+        let c = self.raw(index)?;
+        // SAFETY: c is a valid chunk of this list; the id is a NUL-terminated string it owns.
+        let p = unsafe { sys::mtmd_input_chunk_get_id(c) };
+        if p.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: non-NULL, NUL-terminated, alive while the chunk list is.
+        Ok(Some(
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned(),
+        ))
     }
 
     /// The content of chunk `index`.

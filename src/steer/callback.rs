@@ -2,12 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
-
-use super::{additions, Positions, SteerConfig};
 use crate::capture::layer_of;
+use crate::error::{Error, Result};
 use crate::ffi::{Context, GraphHook, HookTensor};
-use crate::session::{Phase, PromptHooks};
+use crate::session::{Phase, Positions, SteerConfig, TurnHooks};
 
 /// Steering by editing `l_out-<il>` in the eval callback (reaches layer 0).
 ///
@@ -29,31 +27,40 @@ pub struct CallbackSteering {
 }
 
 impl CallbackSteering {
-    /// A shared hook for [`crate::Engine::session`]; pass the same value as prompt hooks.
-    pub fn new(deltas: &[Vec<f32>], config: &SteerConfig) -> Arc<Mutex<Self>> {
+    /// A shared hook with no shift yet, for a model of `n_layer` layers of width `n_embd`.
+    pub fn shared(n_layer: usize, n_embd: usize) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
-            additions: additions(deltas, config),
+            additions: vec![vec![0.0; n_embd]; n_layer],
             targets: None,
-            range: config.layer_range(deltas.len()),
-            alpha: config.alpha,
-            positions: config.positions,
-            text_only: config.text_only,
+            range: (0, 0),
+            alpha: 0.0,
+            positions: Positions::Last,
+            text_only: false,
             active: false,
             armed: false,
             at_last_token: false,
         }))
     }
 
-    /// Replaces the shifts (sample-level steering) keeping the configuration.
+    /// Adds `deltas` (total shifts per layer) under `config` from the next turn on.
     pub fn set_deltas(&mut self, deltas: &[Vec<f32>], config: &SteerConfig) {
-        self.additions = additions(deltas, config);
+        self.additions = config.additions(deltas);
         self.targets = None;
+        self.configure(config, deltas.len());
     }
 
     /// Interpolates toward `targets` (per-layer states of the text-only input) instead.
-    pub fn set_targets(&mut self, targets: Vec<Vec<f32>>) {
+    pub fn set_targets(&mut self, targets: Vec<Vec<f32>>, config: &SteerConfig) {
         self.additions = targets.iter().map(|t| vec![0.0; t.len()]).collect();
+        self.configure(config, targets.len());
         self.targets = Some(targets);
+    }
+
+    fn configure(&mut self, config: &SteerConfig, n_layer: usize) {
+        self.range = config.layer_range(n_layer);
+        self.alpha = config.alpha;
+        self.positions = config.positions;
+        self.text_only = config.text_only;
     }
 
     fn in_range(&self, il: usize) -> bool {
@@ -78,10 +85,12 @@ impl GraphHook for CallbackSteering {
         let Some(il) = layer_of(name).filter(|&il| il < self.additions.len()) else {
             return;
         };
+        if t.n_rows() == 0 {
+            return;
+        }
         if let (Some(targets), true) = (&self.targets, self.at_last_token) {
             // Measure this layer's remaining gap on the state earlier edits produced.
-            let last = t.n_rows() - 1;
-            let row = t.read_row(last);
+            let row = t.read_row(t.n_rows() - 1);
             self.additions[il] = targets[il]
                 .iter()
                 .zip(&row)
@@ -97,21 +106,25 @@ impl GraphHook for CallbackSteering {
     }
 }
 
-/// Drives a shared [`CallbackSteering`] from the prompt phases.
+/// Drives a shared [`CallbackSteering`] through one turn's phases.
 pub struct CallbackPhases(pub Arc<Mutex<CallbackSteering>>);
 
-impl PromptHooks for CallbackPhases {
-    fn split_last_token(&self) -> bool {
+impl CallbackPhases {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
         self.0
             .lock()
+            .map_err(|_| Error::Invalid("the steering hook was poisoned by a panic".into()))
+    }
+}
+
+impl TurnHooks for CallbackPhases {
+    fn split_last_token(&self) -> bool {
+        self.lock()
             .is_ok_and(|s| s.active && s.positions == Positions::Last)
     }
 
     fn at(&mut self, _: &mut Context<'_>, phase: Phase) -> Result<()> {
-        let mut s = self
-            .0
-            .lock()
-            .map_err(|_| anyhow::anyhow!("steering hook poisoned"))?;
+        let mut s = self.lock()?;
         match (phase, s.positions) {
             (Phase::Start { has_image }, p) => {
                 s.active = has_image || s.text_only;
@@ -124,8 +137,17 @@ impl PromptHooks for CallbackPhases {
                 s.at_last_token = true;
             }
             (Phase::Generation, _) => s.at_last_token = false,
+            (Phase::End, _) => {
+                s.armed = false;
+                s.active = false;
+                s.at_last_token = false;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    fn steering_now(&self) -> bool {
+        self.lock().is_ok_and(|s| s.armed)
     }
 }

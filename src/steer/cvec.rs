@@ -1,29 +1,28 @@
 //! Steering through llama.cpp's control vector (`llama_set_adapter_cvec`).
 
-use anyhow::Result;
-
-use super::{control_rows, Positions, SteerConfig};
+use crate::error::Result;
 use crate::ffi::Context;
-use crate::session::{Phase, PromptHooks};
+use crate::session::{Phase, Positions, SteerConfig, TurnHooks};
 
-/// Control-vector steering driven by the prompt phases.
+/// Control-vector steering of one turn, driven by the prompt phases.
 pub struct CvecSteering {
     rows: Vec<f32>,
     range: (usize, usize),
-    config: SteerConfig,
+    positions: Positions,
+    text_only: bool,
     active: bool,
     set: bool,
 }
 
 impl CvecSteering {
     /// Steering with `deltas` (total shifts per layer) under `config`.
-    pub fn new(deltas: &[Vec<f32>], config: SteerConfig) -> Self {
-        let n_layer = deltas.len();
-        let (first, last) = config.layer_range(n_layer);
+    pub fn new(deltas: &[Vec<f32>], config: &SteerConfig) -> Self {
+        let (first, last) = config.layer_range(deltas.len());
         Self {
-            rows: control_rows(deltas, &config),
+            rows: config.control_rows(deltas),
             range: (first.max(1), last.max(1)),
-            config,
+            positions: config.positions,
+            text_only: config.text_only,
             active: false,
             set: false,
         }
@@ -38,16 +37,16 @@ impl CvecSteering {
     }
 }
 
-impl PromptHooks for CvecSteering {
+impl TurnHooks for CvecSteering {
     fn split_last_token(&self) -> bool {
-        self.active && self.config.positions == Positions::Last
+        self.active && self.positions == Positions::Last
     }
 
     fn at(&mut self, ctx: &mut Context<'_>, phase: Phase) -> Result<()> {
-        match (phase, self.config.positions) {
+        match (phase, self.positions) {
             (Phase::Start { has_image }, p) => {
                 // The session has removed any earlier vector.
-                self.active = has_image || self.config.text_only;
+                self.active = has_image || self.text_only;
                 self.set = false;
                 if p == Positions::All {
                     self.apply(ctx)?;
@@ -56,8 +55,16 @@ impl PromptHooks for CvecSteering {
             (Phase::Image, Positions::AfterImage) | (Phase::LastToken, Positions::Last) => {
                 self.apply(ctx)?
             }
+            (Phase::End, _) => {
+                ctx.set_control_vector(None)?;
+                self.set = false;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    fn steering_now(&self) -> bool {
+        self.set
     }
 }

@@ -1,0 +1,349 @@
+//! CMRM steering of a session: dataset-level vectors or each input's own (sample-level) shift,
+//! through the control vector or the graph callback, with per-turn overrides.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use super::{CallbackPhases, CallbackSteering, CvecSteering};
+use crate::capture::{lock, LayerCapture};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ffi::{GraphHook, HookChain, SharedHook};
+use crate::media::{Corruption, Image};
+use crate::session::{
+    Applied, Apply, Positions, Probe, SteerConfig, Steering, TurnHooks, TurnInput, TurnPlan,
+};
+use crate::vectors::CmrmVectors;
+
+/// How the shift is added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mechanism {
+    /// llama.cpp's control vector (every backend; layers 1..n_layer-1).
+    #[default]
+    Cvec,
+    /// Edits of `l_out-<il>` in the eval callback (reaches layer 0).
+    Callback,
+}
+
+impl FromStr for Mechanism {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cvec" => Ok(Mechanism::Cvec),
+            "callback" => Ok(Mechanism::Callback),
+            _ => Err(format!("{s:?} is not a mechanism (cvec, callback)")),
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mechanism::Cvec => "cvec",
+            Mechanism::Callback => "callback",
+        })
+    }
+}
+
+/// Where a turn's shift comes from by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Dataset-level total shifts per layer (from a vector file).
+    Dataset,
+    /// Sample-level: each input's own shift against this corruption.
+    Sample(Corruption),
+}
+
+/// CMRM steering for a session.
+pub struct CmrmSteering {
+    n_layer: usize,
+    n_embd: usize,
+    vectors: Option<Vec<Vec<f32>>>,
+    vectors_id: u64,
+    source: Source,
+    config: SteerConfig,
+    mechanism: Mechanism,
+    callback: Option<Arc<Mutex<CallbackSteering>>>,
+    capture: Option<Arc<Mutex<LayerCapture>>>,
+    /// Fixed corruption images, loaded once.
+    corruption_images: Vec<(Corruption, Image)>,
+}
+
+impl CmrmSteering {
+    /// Steering with `source` by default under `config`; `vectors` are the dataset-level shifts
+    /// (`n_layer` rows of `n_embd`), needed for the dataset source and for turns that ask for
+    /// it; `sample_ready` prepares sample-level turns even when the default is the dataset.
+    pub fn new(
+        engine: &Engine,
+        vectors: Option<Vec<Vec<f32>>>,
+        source: Source,
+        config: SteerConfig,
+        mechanism: Mechanism,
+        sample_ready: bool,
+    ) -> Result<Self> {
+        let (n_layer, n_embd) = (engine.model().n_layer(), engine.model().n_embd());
+        if let Some(v) = &vectors {
+            if v.len() != n_layer || v.iter().any(|r| r.len() != n_embd) {
+                return Err(Error::Steering(format!(
+                    "the shifts have {} layers of {} but the model has {n_layer} of {n_embd}",
+                    v.len(),
+                    v.first().map_or(0, Vec::len)
+                )));
+            }
+            if v.iter().flatten().any(|x| !x.is_finite()) {
+                return Err(Error::Steering(
+                    "the shifts hold NaN or infinite values".into(),
+                ));
+            }
+        }
+        let sample = matches!(source, Source::Sample(_));
+        if !sample && vectors.is_none() {
+            return Err(Error::Steering(
+                "dataset-level steering needs a vector file".into(),
+            ));
+        }
+        config.check(sample, mechanism == Mechanism::Callback)?;
+        let vectors_id = vectors.as_ref().map_or(0, |v| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for x in v.iter().flatten() {
+                h = (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            h
+        });
+        Ok(Self {
+            n_layer,
+            n_embd,
+            vectors,
+            vectors_id,
+            source,
+            config,
+            mechanism,
+            callback: (mechanism == Mechanism::Callback)
+                .then(|| CallbackSteering::shared(n_layer, n_embd)),
+            capture: (sample || sample_ready).then(|| LayerCapture::all_layers(n_layer)),
+            corruption_images: Vec::new(),
+        })
+    }
+
+    /// Dataset-level steering with fixed shifts.
+    pub fn dataset(
+        engine: &Engine,
+        deltas: Vec<Vec<f32>>,
+        config: SteerConfig,
+        mechanism: Mechanism,
+    ) -> Result<Self> {
+        Self::new(
+            engine,
+            Some(deltas),
+            Source::Dataset,
+            config,
+            mechanism,
+            false,
+        )
+    }
+
+    /// Dataset-level steering with a vector file's shifts and recommended settings, through
+    /// the control vector.
+    pub fn from_vectors(engine: &Engine, vectors: &CmrmVectors) -> Result<Self> {
+        Self::dataset(
+            engine,
+            vectors.deltas.clone(),
+            vectors.recommended.clone(),
+            Mechanism::Cvec,
+        )
+    }
+
+    /// Sample-level steering against `corruption`.
+    pub fn sample(
+        engine: &Engine,
+        corruption: Corruption,
+        config: SteerConfig,
+        mechanism: Mechanism,
+    ) -> Result<Self> {
+        Self::new(
+            engine,
+            None,
+            Source::Sample(corruption),
+            config,
+            mechanism,
+            true,
+        )
+    }
+
+    /// The default configuration.
+    pub fn config(&self) -> &SteerConfig {
+        &self.config
+    }
+
+    /// The default source.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The mechanism.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// Per-layer last-token states of the single-turn prompt (system, text, images).
+    fn states(
+        &mut self,
+        probe: &mut dyn Probe,
+        turn: &TurnInput<'_>,
+        images: &[Image],
+    ) -> Result<Vec<Vec<f32>>> {
+        let capture = self.capture.clone().ok_or_else(|| {
+            Error::Steering("sample-level steering was not prepared for this session".into())
+        })?;
+        {
+            let mut c = lock(&capture)?;
+            c.clear();
+            c.set_armed(true);
+        }
+        let out = probe.prefill(turn.system, turn.text, images);
+        let mut c = lock(&capture)?;
+        c.set_armed(false);
+        out?;
+        c.all_states()
+    }
+
+    /// The corruption image for a turn: the turn's own image for `anchor`, else the fixed
+    /// image of the corruption (loaded once).
+    fn corruption_image(&mut self, corruption: &Corruption, turn: &TurnInput<'_>) -> Result<Image> {
+        if *corruption == Corruption::Anchor {
+            return turn.images.first().cloned().ok_or_else(|| {
+                Error::Steering("the anchor corruption needs an image in the turn".into())
+            });
+        }
+        if let Some((_, im)) = self.corruption_images.iter().find(|(c, _)| c == corruption) {
+            return Ok(im.clone());
+        }
+        let im = Image::from(corruption.image(None, 0)?);
+        self.corruption_images
+            .push((corruption.clone(), im.clone()));
+        Ok(im)
+    }
+}
+
+impl Steering for CmrmSteering {
+    fn graph_hook(&self) -> Option<SharedHook> {
+        let mut hooks: Vec<SharedHook> = Vec::new();
+        if let Some(c) = &self.callback {
+            hooks.push(c.clone());
+        }
+        if let Some(c) = &self.capture {
+            hooks.push(c.clone());
+        }
+        match hooks.len() {
+            0 => None,
+            1 => hooks.pop(),
+            _ => Some(Arc::new(Mutex::new(HookChain(hooks))) as Arc<Mutex<dyn GraphHook>>),
+        }
+    }
+
+    fn plan(&mut self, turn: &TurnInput<'_>, probe: &mut dyn Probe) -> Result<TurnPlan> {
+        let o = turn.overrides.cloned().unwrap_or_default();
+        if o.enabled == Some(false) {
+            return Ok(TurnPlan::none("turned off for this turn"));
+        }
+        let default_corruption = match &self.source {
+            Source::Sample(c) => Some(c.clone()),
+            Source::Dataset => None,
+        };
+        let sample = o.sample.unwrap_or(default_corruption.is_some());
+        let corruption = o
+            .corruption
+            .clone()
+            .or(default_corruption)
+            .unwrap_or(Corruption::Noise(0));
+        let config = o.config(&self.config);
+        let callback = self.mechanism == Mechanism::Callback;
+        config.check(sample, callback)?;
+        if turn.images.is_empty() && !config.text_only {
+            return Ok(TurnPlan::none("no image in this turn"));
+        }
+        let mut applied = Applied {
+            applied: true,
+            reason: None,
+            source: Some(if sample { "sample" } else { "dataset" }.into()),
+            method: Some("cmrm".into()),
+            alpha: Some(config.alpha),
+            layers: Some(config.layer_range(self.n_layer)),
+            positions: Some(config.positions.to_string()),
+            apply: Some(config.apply.to_string()),
+            corruption: sample.then(|| corruption.to_string()),
+            mechanism: Some(self.mechanism.to_string()),
+        };
+        let mut tag = fnv(&format!("{applied:?}"));
+        let hooks: Box<dyn TurnHooks> = if sample {
+            tag = fnv(&format!(
+                "{tag} {:?} {}",
+                turn.text,
+                turn.system.unwrap_or("")
+            )) ^ turn.images.iter().fold(0, |h, i| h ^ i.hash());
+            let text_states = self.states(probe, turn, &[])?;
+            if config.apply == Apply::Interpolate {
+                let cb = self.callback.clone().expect("checked: callback mechanism");
+                lock_cb(&cb)?.set_targets(text_states, &config);
+                Box::new(CallbackPhases(cb))
+            } else {
+                let corrupt = self.corruption_image(&corruption, turn)?;
+                let corrupt_states = self.states(probe, turn, std::slice::from_ref(&corrupt))?;
+                let shift: Vec<Vec<f32>> = text_states
+                    .iter()
+                    .zip(&corrupt_states)
+                    .map(|(t, c)| crate::math::sub(t, c))
+                    .collect();
+                self.hooks_for(&shift, &config)?
+            }
+        } else {
+            let deltas = self.vectors.clone().ok_or_else(|| {
+                Error::Steering(
+                    "dataset-level steering asked for, but no vector file is loaded".into(),
+                )
+            })?;
+            tag = fnv(&format!("{tag} {}", self.vectors_id));
+            self.hooks_for(&deltas, &config)?
+        };
+        if config.alpha == 0.0 {
+            applied.reason = Some("alpha is 0".into());
+        }
+        let tag = tag | 1;
+        Ok(TurnPlan {
+            hooks,
+            applied,
+            tag,
+            prefix_tag: if config.positions == Positions::All {
+                tag
+            } else {
+                0
+            },
+        })
+    }
+}
+
+impl CmrmSteering {
+    fn hooks_for(&self, deltas: &[Vec<f32>], config: &SteerConfig) -> Result<Box<dyn TurnHooks>> {
+        debug_assert_eq!(deltas.len(), self.n_layer);
+        debug_assert!(deltas.iter().all(|d| d.len() == self.n_embd));
+        match &self.callback {
+            None => Ok(Box::new(CvecSteering::new(deltas, config))),
+            Some(cb) => {
+                lock_cb(cb)?.set_deltas(deltas, config);
+                Ok(Box::new(CallbackPhases(cb.clone())))
+            }
+        }
+    }
+}
+
+fn lock_cb(cb: &Mutex<CallbackSteering>) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
+    cb.lock()
+        .map_err(|_| Error::Invalid("the steering hook was poisoned by a panic".into()))
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
