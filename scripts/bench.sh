@@ -15,7 +15,7 @@ cargo build --release -q
 # Plain llama.cpp: llama.cpp's own llama-mtmd-cli, compiled from the llama.cpp source vendored
 # in llama-cpp-sys-2 and linked against the very libraries cmrm uses (same build, same flags).
 src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.160/llama.cpp | head -1)
-libs=$(ls -d target/release/build/llama-cpp-sys-2-*/out/build | head -1)
+libs=$(ls -td target/release/build/llama-cpp-sys-2-*/out/build | head -1)
 plain_cli=target/llama.cpp-build/bin/llama-mtmd-cli
 if [ ! -x "$plain_cli" ]; then
   echo "bench: compiling llama-mtmd-cli" >&2

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::ffi::{self, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams};
 use crate::gguf;
-use crate::template::{ChatTemplate, TemplateChoice};
+use crate::template::{ChatTemplate, TemplateOptions};
 
 /// What to load and how to run it (llama.cpp's `-m`, `--mmproj`, `-c`, `-b`, `-ub`, `-t`,
 /// `-tb`, `-ngl`, `-fa`, `-ctk`, `-ctv`, `--no-mmap`, `--mlock`, `--chat-template`).
@@ -36,8 +36,8 @@ pub struct EngineOptions {
     pub type_k: KvType,
     /// V cache type.
     pub type_v: KvType,
-    /// Which chat template formats conversations.
-    pub template: TemplateChoice,
+    /// Which chat template formats conversations, and how.
+    pub template: TemplateOptions,
     /// Minimum image tokens (dynamic-resolution projectors).
     pub image_min_tokens: Option<u32>,
     /// Maximum image tokens (dynamic-resolution projectors).
@@ -46,9 +46,27 @@ pub struct EngineOptions {
     pub verbose: bool,
 }
 
-/// Threads by default: every core the machine offers.
+/// Threads by default, as llama.cpp counts them: the physical cores (distinct sibling sets in
+/// /sys), else half the logical CPUs beyond 4.
 fn default_threads() -> i32 {
-    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+    let logical = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let mut siblings = std::collections::HashSet::new();
+    for cpu in 0..logical {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            siblings.insert(s.trim().to_string());
+        }
+    }
+    let n = if siblings.is_empty() {
+        if logical <= 4 {
+            logical
+        } else {
+            logical / 2
+        }
+    } else {
+        siblings.len()
+    };
+    n.max(1) as i32
 }
 
 impl EngineOptions {
@@ -68,7 +86,7 @@ impl EngineOptions {
             flash_attn: FlashAttn::default(),
             type_k: KvType::default(),
             type_v: KvType::default(),
-            template: TemplateChoice::default(),
+            template: TemplateOptions::default(),
             image_min_tokens: None,
             image_max_tokens: None,
             verbose: false,
@@ -105,8 +123,12 @@ impl Engine {
             Some(path) => Some(load_projector(path, &model, &options)?),
             None => None,
         };
-        let template = ChatTemplate::new(&options.template, &model)
-            .map_err(|e| model_err(format!("chat template: {e}")))?;
+        let template = ChatTemplate::new(&options.template, &model).map_err(|e| match e {
+            Error::Template(cause) => {
+                Error::Template(format!("{}: {cause}", options.model.display()))
+            }
+            e => e,
+        })?;
         Ok(Self {
             mtmd,
             model,

@@ -23,12 +23,23 @@ fn image_error(source: &str, cause: impl Into<String>) -> Error {
     }
 }
 
-/// An RGB image with a content hash, so that the same picture is recognised in a prompt cache.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An RGB image with a content hash, so that the same picture is recognised in a prompt cache,
+/// and the file bytes it was decoded from (llama.cpp decodes those itself, for the same pixels
+/// as its own tools).
+#[derive(Clone, Debug)]
 pub struct Image {
     pixels: RgbImage,
     hash: u64,
+    encoded: Option<std::sync::Arc<Vec<u8>>>,
 }
+
+impl PartialEq for Image {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.pixels == other.pixels
+    }
+}
+
+impl Eq for Image {}
 
 impl Image {
     /// The pixels.
@@ -40,6 +51,20 @@ impl Image {
     pub fn hash(&self) -> u64 {
         self.hash
     }
+
+    /// The file bytes the image was decoded from, when it came from a file or data URI.
+    pub fn encoded(&self) -> Option<&[u8]> {
+        self.encoded.as_deref().map(Vec::as_slice)
+    }
+
+    /// Decodes file bytes (`what` names the source in errors), keeping them.
+    pub fn decode(bytes: Vec<u8>, what: &str) -> Result<Self> {
+        let pixels = decode(&bytes, what)?;
+        Ok(Self {
+            encoded: Some(std::sync::Arc::new(bytes)),
+            ..Self::from(pixels)
+        })
+    }
 }
 
 impl From<RgbImage> for Image {
@@ -49,28 +74,46 @@ impl From<RgbImage> for Image {
         for &b in dims.iter().flatten().chain(pixels.as_raw()) {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
-        Self { pixels, hash: h }
+        Self {
+            pixels,
+            hash: h,
+            encoded: None,
+        }
     }
 }
 
-/// Loads an image from a path or a `data:image/...;base64,` URI.
+/// Reads an image file or `data:image/...;base64,` URI, keeping its bytes.
 pub fn load_image(source: &str) -> Result<Image> {
-    load(source).map(Image::from)
+    Image::decode(
+        read_source(source)?,
+        if source.starts_with("data:") {
+            "data URI"
+        } else {
+            source
+        },
+    )
 }
 
-/// Loads an image's pixels from a path or a `data:image/...;base64,` URI.
-pub fn load(source: &str) -> Result<RgbImage> {
+/// The bytes of an image file or data URI.
+fn read_source(source: &str) -> Result<Vec<u8>> {
     if source.starts_with("data:") {
-        let bytes = decode_data_uri(source)?;
-        return decode(&bytes, "data URI");
+        return decode_data_uri(source);
     }
     let path = Path::new(source);
     if path.is_dir() {
         return Err(image_error(source, "is a folder, not an image file"));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| image_error(source, format!("cannot read image file ({e})")))?;
-    decode(&bytes, source)
+    std::fs::read(path).map_err(|e| image_error(source, format!("cannot read image file ({e})")))
+}
+
+/// Loads an image's pixels from a path or a `data:image/...;base64,` URI.
+pub fn load(source: &str) -> Result<RgbImage> {
+    let what = if source.starts_with("data:") {
+        "data URI"
+    } else {
+        source
+    };
+    decode(&read_source(source)?, what)
 }
 
 /// The bytes of a `data:[<type>][;base64],<data>` URI (base64 only).

@@ -62,7 +62,7 @@ fn gap(mut args: GapArgs) -> Result<()> {
         &args.conditions.grid,
         &args.model.model,
     )?;
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let n_layer = engine.model().n_layer();
     let layer = args.layer.unwrap_or(n_layer / 2).min(n_layer - 1);
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), 1)?;

@@ -79,7 +79,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         text_only: false,
     };
     recommended.check(false, false)?;
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let out = args
         .output
         .clone()

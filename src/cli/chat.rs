@@ -32,19 +32,25 @@ pub struct ChatArgs {
     /// Interactive chat even when -p is given (-p is then the first message).
     #[arg(long)]
     conversation: bool,
+    /// Do not process escapes (\\n, \\t, \\xHH, ...) in -p (llama.cpp processes them).
+    #[arg(long = "no-escape")]
+    no_escape: bool,
 }
+
+/// llama-mtmd-cli's default temperature.
+const CHAT_TEMP: f32 = 0.2;
 
 /// Runs the chat.
 pub fn run(args: ChatArgs) -> Result<()> {
     let images = load_images(&args.image)?;
     let plan = args.steering.plan(&args.model.model)?;
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let mut options = SessionOptions::new();
     if let Some(plan) = plan {
         options = options.steering(args.steering.steering(plan, &engine)?);
     }
     let mut session = Session::new(&engine, options)?;
-    let generate = args.sampling.options();
+    let generate = args.sampling.options(engine.model(), CHAT_TEMP)?;
     let mut chat = Chat {
         session: &mut session,
         args: &args,
@@ -52,7 +58,12 @@ pub fn run(args: ChatArgs) -> Result<()> {
     };
     match &args.prompt {
         Some(prompt) => {
-            chat.turn(prompt, images)?;
+            let prompt = if args.no_escape {
+                prompt.clone()
+            } else {
+                super::process_escapes(prompt)
+            };
+            chat.turn(&prompt, images)?;
             if args.conversation {
                 chat.interactive(Vec::new())?;
             }

@@ -425,11 +425,11 @@ fn safety(args: SafetyArgs) -> Result<()> {
         None => None,
         Some(path) => {
             let mut o = EngineOptions::new(path, None);
-            o.n_threads = args.model.engine_options().n_threads;
+            o.n_threads = args.model.engine_options()?.n_threads;
             Some(LlmJudge::new(Engine::load(o)?))
         }
     };
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<SafetyRecord> = Journal::open(&args.data.out.join("safety.jsonl"))?;
     let records = run_safety(&items, &mut conds, &mut journal, judge.as_ref())?;
@@ -464,7 +464,7 @@ fn utility(args: UtilityArgs) -> Result<()> {
         &args.conditions.grid,
         &args.model.model,
     )?;
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<UtilityRecord> = Journal::open(&args.data.out.join("utility.jsonl"))?;
     let records = run_utility(&items, &mut conds, &mut journal)?;
@@ -501,7 +501,7 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
         &args.conditions.grid,
         &args.model.model,
     )?;
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let mut journal: Journal<FidelityRecord> =
         Journal::open(&args.data.out.join("fidelity.jsonl"))?;

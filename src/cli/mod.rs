@@ -14,12 +14,16 @@ mod sweep;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
+use cmrm::ffi::Model;
 use cmrm::ffi::{FlashAttn, KvType, LoadMode};
-use cmrm::template::TemplateChoice;
-use cmrm::{EngineOptions, GenerateOptions, SamplingParams};
+use cmrm::sampling::{
+    parse_logit_bias, parse_samplers, Mirostat, SamplerKind, Sampling, SamplingParams,
+};
+use cmrm::template::{TemplateChoice, TemplateOptions};
+use cmrm::{EngineOptions, GenerateOptions};
 
 pub use errors::report;
 
@@ -134,10 +138,23 @@ pub struct ModelArgs {
     /// Keep the model in RAM (no swapping).
     #[arg(long)]
     pub mlock: bool,
-    /// A llama.cpp built-in chat template by name (chatml, llama3, vicuna, ...) instead of
-    /// the model's own.
-    #[arg(long = "chat-template", value_name = "NAME")]
+    /// Render the chat template with Jinja (the model's own template as llama-server does).
+    #[arg(long, overrides_with = "no_jinja")]
+    pub jinja: bool,
+    /// Use llama.cpp's built-in templates (llama-mtmd-cli's default).
+    #[arg(long = "no-jinja")]
+    pub no_jinja: bool,
+    /// A chat template instead of the model's: a built-in name (chatml, llama3, vicuna, ...),
+    /// or with --jinja the template text itself.
+    #[arg(
+        long = "chat-template",
+        value_name = "NAME",
+        conflicts_with = "chat_template_file"
+    )]
     pub chat_template: Option<String>,
+    /// A file holding a chat template (with --jinja, a Jinja template).
+    #[arg(long = "chat-template-file", value_name = "FILE")]
+    pub chat_template_file: Option<PathBuf>,
     /// Minimum image tokens (dynamic-resolution projectors).
     #[arg(long = "image-min-tokens")]
     pub image_min_tokens: Option<u32>,
@@ -150,8 +167,37 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Engine options from the flags.
-    pub fn engine_options(&self) -> EngineOptions {
+    /// Engine options from the flags; `jinja_default` is whether Jinja renders templates when
+    /// neither --jinja nor --no-jinja is given (llama-mtmd-cli: no; llama-server: yes).
+    pub fn engine_options_with(&self, jinja_default: bool) -> Result<EngineOptions> {
+        let mut o = self.base_options();
+        let choice = match (&self.chat_template, &self.chat_template_file) {
+            (Some(t), _) => TemplateChoice::Named(t.clone()),
+            (_, Some(f)) => {
+                TemplateChoice::File(std::fs::read_to_string(f).with_context(|| {
+                    format!("{}: cannot read the chat template file", f.display())
+                })?)
+            }
+            _ => TemplateChoice::Model,
+        };
+        let jinja = if self.jinja {
+            true
+        } else if self.no_jinja {
+            false
+        } else {
+            jinja_default
+        };
+        o.template = TemplateOptions { choice, jinja };
+        Ok(o)
+    }
+
+    /// Engine options from the flags, templates as llama-mtmd-cli renders them (built-in
+    /// templates unless --jinja).
+    pub fn engine_options(&self) -> Result<EngineOptions> {
+        self.engine_options_with(false)
+    }
+
+    fn base_options(&self) -> EngineOptions {
         let mut o = EngineOptions::new(&self.model, self.mmproj.clone());
         o.n_ctx = self.ctx_size;
         o.n_batch = self.batch_size;
@@ -173,9 +219,6 @@ impl ModelArgs {
             (false, true) => LoadMode::MmapLocked,
             (true, true) => LoadMode::ReadLocked,
         };
-        if let Some(t) = &self.chat_template {
-            o.template = TemplateChoice::Builtin(t.clone());
-        }
         o.image_min_tokens = self.image_min_tokens;
         o.image_max_tokens = self.image_max_tokens;
         o.verbose = self.verbose;
@@ -183,49 +226,273 @@ impl ModelArgs {
     }
 }
 
-/// Sampling flags (llama.cpp's names and defaults).
+/// Sampling flags (llama.cpp's names and defaults). A flag left unset takes the model's
+/// `general.sampling.*` recommendation when its GGUF has one, as llama.cpp does.
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Tokens to generate (-1 = until the end of the answer or a full context).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]
     pub n_predict: i64,
-    /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
-    pub temp: f32,
-    /// Top-k sampling (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    pub top_k: usize,
-    /// Top-p sampling (1.0 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    pub top_p: f32,
     /// Random seed (-1 = random).
     #[arg(short = 's', long, default_value_t = -1, allow_negative_numbers = true)]
     pub seed: i64,
+    /// Temperature (0 keeps only the most likely token) [default: 0.2 in chat, as
+    /// llama-mtmd-cli; 0.8 in serve, as llama-server].
+    #[arg(long)]
+    pub temp: Option<f32>,
+    /// Top-k (0 = off) [default: 40].
+    #[arg(long = "top-k")]
+    pub top_k: Option<i32>,
+    /// Top-p (1.0 = off) [default: 0.95].
+    #[arg(long = "top-p")]
+    pub top_p: Option<f32>,
+    /// Min-p (0.0 = off) [default: 0.05].
+    #[arg(long = "min-p")]
+    pub min_p: Option<f32>,
+    /// Locally typical sampling p (1.0 = off).
+    #[arg(long = "typical", default_value_t = 1.0)]
+    pub typical: f32,
+    /// Top-n-sigma (-1 = off).
+    #[arg(long = "top-n-sigma", default_value_t = -1.0, allow_negative_numbers = true)]
+    pub top_n_sigma: f32,
+    /// XTC probability (0 = off) [default: 0].
+    #[arg(long = "xtc-probability")]
+    pub xtc_probability: Option<f32>,
+    /// XTC threshold [default: 0.1].
+    #[arg(long = "xtc-threshold")]
+    pub xtc_threshold: Option<f32>,
+    /// Dynamic temperature range (0 = off).
+    #[arg(long = "dynatemp-range", default_value_t = 0.0)]
+    pub dynatemp_range: f32,
+    /// Dynamic temperature exponent.
+    #[arg(long = "dynatemp-exp", default_value_t = 1.0)]
+    pub dynatemp_exp: f32,
+    /// Tokens the penalties look back over (0 = off) [default: 64].
+    #[arg(long = "repeat-last-n")]
+    pub repeat_last_n: Option<i32>,
+    /// Repetition penalty (1.0 = off) [default: 1.0].
+    #[arg(long = "repeat-penalty")]
+    pub repeat_penalty: Option<f32>,
+    /// Presence penalty (0 = off).
+    #[arg(
+        long = "presence-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub presence_penalty: f32,
+    /// Frequency penalty (0 = off).
+    #[arg(
+        long = "frequency-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub frequency_penalty: f32,
+    /// DRY multiplier (0 = off).
+    #[arg(long = "dry-multiplier", default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY base.
+    #[arg(long = "dry-base", default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY allowed length.
+    #[arg(long = "dry-allowed-length", default_value_t = 2)]
+    pub dry_allowed_length: i32,
+    /// DRY look-back (0 = off).
+    #[arg(long = "dry-penalty-last-n", default_value_t = 64)]
+    pub dry_penalty_last_n: i32,
+    /// A DRY sequence breaker (repeatable; replaces the defaults; "none" for none).
+    #[arg(long = "dry-sequence-breaker")]
+    pub dry_sequence_breaker: Vec<String>,
+    /// Mirostat: 0 (off), 1 or 2 [default: 0].
+    #[arg(long)]
+    pub mirostat: Option<Mirostat>,
+    /// Mirostat learning rate (eta) [default: 0.1].
+    #[arg(long = "mirostat-lr")]
+    pub mirostat_lr: Option<f32>,
+    /// Mirostat target entropy (tau) [default: 5.0].
+    #[arg(long = "mirostat-ent")]
+    pub mirostat_ent: Option<f32>,
+    /// Samplers in order, names separated by ';' or letters (default: edskypmxt).
+    #[arg(long, alias = "sampling-seq", value_parser = |s: &str| parse_samplers(s).map(SamplerList))]
+    pub samplers: Option<SamplerList>,
+    /// Bias a token, TOKEN_ID+BIAS or TOKEN_ID-BIAS (repeatable; -inf bans it).
+    #[arg(short = 'l', long = "logit-bias", value_parser = parse_logit_bias, allow_hyphen_values = true)]
+    pub logit_bias: Vec<(i32, f32)>,
+    /// A GBNF grammar the answer must follow.
+    #[arg(long, conflicts_with_all = ["grammar_file", "json_schema", "json_schema_file"])]
+    pub grammar: Option<String>,
+    /// A file with a GBNF grammar.
+    #[arg(long = "grammar-file", conflicts_with_all = ["json_schema", "json_schema_file"])]
+    pub grammar_file: Option<PathBuf>,
+    /// A JSON schema the answer must follow (converted to a grammar by llama.cpp).
+    #[arg(short = 'j', long = "json-schema", conflicts_with = "json_schema_file")]
+    pub json_schema: Option<String>,
+    /// A file with a JSON schema.
+    #[arg(long = "json-schema-file")]
+    pub json_schema_file: Option<PathBuf>,
     /// Never stop at end-of-text tokens.
     #[arg(long = "ignore-eos")]
     pub ignore_eos: bool,
 }
 
 impl SamplingArgs {
-    /// Generation options; a random seed is drawn from the clock when `--seed` is -1.
-    pub fn options(&self) -> GenerateOptions {
+    /// Generation options for `model`, with `default_temp` when --temp is unset and the model
+    /// recommends none; a random seed is drawn when --seed is -1.
+    pub fn options(&self, model: &Model, default_temp: f32) -> Result<GenerateOptions> {
+        let gguf = |key: &str| model.meta(&format!("general.sampling.{key}"));
+        let num = |key: &str| -> Option<f32> { gguf(key).and_then(|v| v.trim().parse().ok()) };
+        let d = SamplingParams::default();
         let seed = if self.seed < 0 {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
         } else {
-            self.seed as u64
+            u32::try_from(self.seed).context("--seed must be -1 or at most 4294967295")?
         };
-        GenerateOptions {
-            sampling: SamplingParams {
-                temp: self.temp,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                seed,
+        let samplers = match &self.samplers {
+            Some(s) => s.0.clone(),
+            None => match gguf("sequence") {
+                Some(seq) => parse_samplers(&seq)
+                    .map_err(|e| anyhow::anyhow!("the model's general.sampling.sequence: {e}"))?,
+                None => d.samplers.clone(),
             },
+        };
+        let dry_sequence_breakers = match self.dry_sequence_breaker.as_slice() {
+            [] => d.dry_sequence_breakers.clone(),
+            [one] if one == "none" => Vec::new(),
+            many => many.to_vec(),
+        };
+        let grammar = match (
+            &self.grammar,
+            &self.grammar_file,
+            &self.json_schema,
+            &self.json_schema_file,
+        ) {
+            (Some(g), ..) => Some(g.clone()),
+            (_, Some(f), ..) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("{}: cannot read the grammar file", f.display()))?,
+            ),
+            (_, _, Some(schema), _) => Some(cmrm::ffi::json_schema_to_grammar(schema)?),
+            (_, _, _, Some(f)) => {
+                let schema = std::fs::read_to_string(f).with_context(|| {
+                    format!("{}: cannot read the JSON schema file", f.display())
+                })?;
+                Some(
+                    cmrm::ffi::json_schema_to_grammar(&schema)
+                        .with_context(|| format!("{}", f.display()))?,
+                )
+            }
+            _ => None,
+        };
+        let mirostat = match self.mirostat {
+            Some(m) => m,
+            None => match gguf("mirostat").as_deref().map(str::trim) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("the model's general.sampling.mirostat: {e}"))?,
+                None => d.mirostat,
+            },
+        };
+        let params = SamplingParams {
+            seed,
+            temp: self.temp.or(num("temp")).unwrap_or(default_temp),
+            dynatemp_range: self.dynatemp_range,
+            dynatemp_exponent: self.dynatemp_exp,
+            top_k: self
+                .top_k
+                .or(num("top_k").map(|v| v as i32))
+                .unwrap_or(d.top_k),
+            top_p: self.top_p.or(num("top_p")).unwrap_or(d.top_p),
+            min_p: self.min_p.or(num("min_p")).unwrap_or(d.min_p),
+            typical_p: self.typical,
+            xtc_probability: self
+                .xtc_probability
+                .or(num("xtc_probability"))
+                .unwrap_or(d.xtc_probability),
+            xtc_threshold: self
+                .xtc_threshold
+                .or(num("xtc_threshold"))
+                .unwrap_or(d.xtc_threshold),
+            top_n_sigma: self.top_n_sigma,
+            min_keep: d.min_keep,
+            penalty_last_n: self
+                .repeat_last_n
+                .or(num("penalty_last_n").map(|v| v as i32))
+                .unwrap_or(d.penalty_last_n),
+            repeat_penalty: self
+                .repeat_penalty
+                .or(num("penalty_repeat"))
+                .unwrap_or(d.repeat_penalty),
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            dry_multiplier: self.dry_multiplier,
+            dry_base: self.dry_base,
+            dry_allowed_length: self.dry_allowed_length,
+            dry_penalty_last_n: self.dry_penalty_last_n,
+            dry_sequence_breakers,
+            mirostat,
+            mirostat_tau: self
+                .mirostat_ent
+                .or(num("mirostat_tau"))
+                .unwrap_or(d.mirostat_tau),
+            mirostat_eta: self
+                .mirostat_lr
+                .or(num("mirostat_eta"))
+                .unwrap_or(d.mirostat_eta),
+            samplers,
+            logit_bias: self.logit_bias.clone(),
+            grammar,
+        };
+        params
+            .check()
+            .map_err(|e| anyhow::anyhow!("sampling: {e}"))?;
+        Ok(GenerateOptions {
+            sampling: Sampling::Chain(params),
             max_tokens: usize::try_from(self.n_predict).ok(),
             ignore_eos: self.ignore_eos,
             stop: Vec::new(),
-        }
+        })
     }
+}
+
+/// A `--samplers` list.
+#[derive(Clone, Debug)]
+pub struct SamplerList(Vec<SamplerKind>);
+
+/// llama.cpp's escape processing of `-p`: `\n`, `\r`, `\t`, `\'`, `\"`, `\\` and `\xHH`.
+pub fn process_escapes(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            i += 1;
+            match b[i] {
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'\'' => out.push(b'\''),
+                b'"' => out.push(b'"'),
+                b'\\' => out.push(b'\\'),
+                b'x' if i + 2 < b.len() => match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.extend_from_slice(b"\\x"),
+                },
+                c => {
+                    out.push(b'\\');
+                    out.push(c);
+                }
+            }
+        } else {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

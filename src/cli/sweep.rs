@@ -77,7 +77,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let kinds = [Kind::Image, Kind::Cmrm];
     let plan = ConditionPlan::new(&kinds, &args.grid, &args.model.model)?;
     let vector_file = plan.vector_file().map(|p| p.to_path_buf());
-    let engine = Engine::load(args.model.engine_options())?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
     let out = &args.data.out;
     let mut sj: Journal<SafetyRecord> = Journal::open(&out.join("sweep-safety.jsonl"))?;

@@ -183,6 +183,8 @@ impl<'m> Context<'m> {
             FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
             FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
         };
+        // As llama.cpp's tools: a sliding-window cache only as large as the window.
+        p.swa_full = false;
         p.type_k = params.type_k.ggml();
         p.type_v = params.type_v.ggml();
         let hook = hook.map(Box::new);

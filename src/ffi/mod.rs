@@ -10,12 +10,14 @@ mod hook;
 mod log;
 mod model;
 mod mtmd;
+mod sampler;
 
 pub use context::{Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
 pub use model::{apply_builtin_template, LoadMode, Model};
 pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd, MtmdParams};
+pub use sampler::{json_schema_to_grammar, Sampler};
 
 use std::ffi::CString;
 use std::path::Path;

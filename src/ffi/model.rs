@@ -65,7 +65,7 @@ impl Model {
         self.ptr.as_ptr()
     }
 
-    fn vocab(&self) -> *const sys::llama_vocab {
+    pub(super) fn vocab(&self) -> *const sys::llama_vocab {
         // SAFETY: the model pointer is valid for `self`'s lifetime; the vocab belongs to it.
         unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
     }
@@ -168,8 +168,9 @@ impl Model {
         }
     }
 
-    /// The bytes of one token (may be part of a UTF-8 character).
-    pub fn token_bytes(&self, token: i32) -> Vec<u8> {
+    /// The bytes of one token (may be part of a UTF-8 character); `special` renders special
+    /// tokens as their text.
+    pub fn token_bytes(&self, token: i32, special: bool) -> Vec<u8> {
         let mut buf = vec![0u8; 64];
         loop {
             // SAFETY: buf is writable for its length; the vocab is valid.
@@ -180,7 +181,7 @@ impl Model {
                     buf.as_mut_ptr().cast(),
                     buf.len() as i32,
                     0,
-                    false,
+                    special,
                 )
             };
             if n >= 0 {
@@ -189,6 +190,32 @@ impl Model {
             }
             buf.resize((-n) as usize, 0);
         }
+    }
+
+    /// The beginning-of-sequence token, if the vocabulary has one.
+    pub fn bos(&self) -> Option<i32> {
+        // SAFETY: valid vocab.
+        let t = unsafe { sys::llama_vocab_bos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
+    /// The end-of-sequence token, if the vocabulary has one.
+    pub fn eos(&self) -> Option<i32> {
+        // SAFETY: valid vocab.
+        let t = unsafe { sys::llama_vocab_eos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
+    /// Whether tokenizing a prompt adds the BOS token.
+    pub fn add_bos(&self) -> bool {
+        // SAFETY: valid vocab.
+        unsafe { sys::llama_vocab_get_add_bos(self.vocab()) }
+    }
+
+    /// Whether tokenizing a prompt adds the EOS token.
+    pub fn add_eos(&self) -> bool {
+        // SAFETY: valid vocab.
+        unsafe { sys::llama_vocab_get_add_eos(self.vocab()) }
     }
 
     /// True for end-of-generation tokens (EOS, end-of-turn).

@@ -88,6 +88,14 @@ impl Mtmd {
     /// Splits `prompt` (one marker per bitmap) into text and image chunks; `add_special`
     /// adds the model's BOS token (for the start of a conversation).
     pub fn tokenize(&self, prompt: &str, bitmaps: &[Bitmap], add_special: bool) -> Result<Chunks> {
+        let markers = prompt.matches(Self::marker().as_str()).count();
+        if markers != bitmaps.len() {
+            return Err(Error::Invalid(format!(
+                "the prompt has {markers} {} markers but {} images were given: one marker per image",
+                Self::marker(),
+                bitmaps.len()
+            )));
+        }
         let text = CString::new(prompt)
             .map_err(|_| Error::Invalid("the prompt contains a NUL byte".into()))?;
         let input = sys::mtmd_input_text {
@@ -194,6 +202,35 @@ impl Bitmap {
 }
 
 impl Bitmap {
+    /// Decodes an image file's bytes as llama.cpp's own tools do (stb_image: JPEG, PNG, BMP,
+    /// GIF, ...), so that the projector sees the very pixels llama-mtmd-cli gives it; `None`
+    /// when stb_image cannot read them (e.g. WebP).
+    pub fn decode(mtmd: &Mtmd, bytes: &[u8]) -> Option<Self> {
+        // SAFETY: plain constructor of an option struct.
+        let opt = unsafe { sys::mtmd_helper_init_opt_default() };
+        // SAFETY: valid mtmd context (it answers the audio check); `bytes` is readable for its
+        // length during the call; the helper copies what it keeps.
+        let w = unsafe {
+            sys::mtmd_helper_bitmap_init_from_buf(
+                mtmd.ptr.as_ptr(),
+                bytes.as_ptr(),
+                bytes.len(),
+                false,
+                opt,
+            )
+        };
+        if !w.video_ctx.is_null() {
+            // SAFETY: a video context made by the helper for this call is ours to free.
+            unsafe { sys::mtmd_helper_video_free(w.video_ctx) };
+        }
+        let b = Self {
+            ptr: NonNull::new(w.bitmap)?,
+        };
+        // SAFETY: valid bitmap.
+        let is_audio = unsafe { sys::mtmd_bitmap_is_audio(b.ptr.as_ptr()) };
+        (!is_audio).then_some(b)
+    }
+
     /// Names the bitmap; the image chunks made from it carry the name.
     pub fn set_id(&mut self, id: &str) -> Result<()> {
         let c = CString::new(id).map_err(|_| Error::Invalid("bitmap id contains NUL".into()))?;

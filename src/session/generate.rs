@@ -2,8 +2,8 @@
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::ffi::Context;
-use crate::sampling::Sampler;
+use crate::ffi::{Context, Model, Sampler};
+use crate::sampling::Sampling;
 
 use super::prompt::Cached;
 use super::{GenerateOptions, StopReason, MAIN};
@@ -20,13 +20,22 @@ pub(super) fn run(
     sink: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(String, Vec<i32>, StopReason)> {
     let model = engine.model();
-    let mut sampler = Sampler::new(options.sampling.clone());
     let banned: Vec<i32> = if options.ignore_eos {
         (0..model.n_vocab() as i32)
             .filter(|&t| model.is_eog(t))
             .collect()
     } else {
         Vec::new()
+    };
+    let mut chain = match &options.sampling {
+        Sampling::Greedy => None,
+        Sampling::Chain(p) => {
+            // As llama.cpp does for --ignore-eos: every end-of-generation token biased to -inf.
+            let mut p = p.clone();
+            p.logit_bias
+                .extend(banned.iter().map(|&t| (t, f32::NEG_INFINITY)));
+            Some(Sampler::new(model, &p)?)
+        }
     };
     let mut pos: usize = cached.iter().map(|c| c.n_pos).sum();
     let mut cells: usize = cached.iter().map(|c| c.n_cells).sum();
@@ -42,10 +51,17 @@ pub(super) fn run(
         if cells >= ctx.n_ctx() {
             break StopReason::ContextFull;
         }
-        let token = match logits.take() {
-            Some(l) => sampler.sample(l, &banned),
-            None => sampler.sample(ctx.logits()?, &banned),
+        let row = match logits.take() {
+            Some(l) => l,
+            None => ctx.logits()?,
         };
+        let token = match &mut chain {
+            Some(s) => s.sample(row)?,
+            None => greedy(row, &banned),
+        };
+        if let Some(s) = &mut chain {
+            s.accept(token)?;
+        }
         if model.is_eog(token) && !options.ignore_eos {
             break StopReason::EndOfText;
         }
@@ -54,7 +70,7 @@ pub(super) fn run(
         pos += 1;
         cells += 1;
         cached.push(Cached::token(token, tag));
-        pending.extend(model.token_bytes(token));
+        pending.extend(piece(model, token));
         let valid = utf8_prefix(&pending);
         text.push_str(&String::from_utf8_lossy(&pending[..valid]));
         pending.drain(..valid);
@@ -76,6 +92,24 @@ pub(super) fn run(
         flush(&text, &mut sent, end, sink);
     }
     Ok((text, tokens, stop))
+}
+
+/// The most likely token that is not banned (the first on ties).
+fn greedy(logits: &[f32], banned: &[i32]) -> i32 {
+    logits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !banned.contains(&(*i as i32)))
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &l)| if l > b.1 { (i, l) } else { b },
+        )
+        .0 as i32
+}
+
+/// A token's text as llama.cpp prints it (special tokens rendered).
+fn piece(model: &Model, token: i32) -> Vec<u8> {
+    model.token_bytes(token, true)
 }
 
 /// Sends `text[*sent..upto]` to the sink when it is not empty; false when the sink says stop.

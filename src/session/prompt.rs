@@ -74,7 +74,11 @@ impl Prompt {
         let mut bitmaps = Vec::with_capacity(images.len());
         for im in images {
             let px = im.pixels();
-            let mut b = Bitmap::from_rgb(px.width(), px.height(), px.as_raw())?;
+            let decoded = im.encoded().and_then(|bytes| Bitmap::decode(mtmd, bytes));
+            let mut b = match decoded {
+                Some(b) => b,
+                None => Bitmap::from_rgb(px.width(), px.height(), px.as_raw())?,
+            };
             b.set_id(&format!("{:016x}", im.hash()))?;
             bitmaps.push(b);
         }

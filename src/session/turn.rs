@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::steering::{Applied, SteerOverride};
 use crate::media::Image;
-use crate::sampling::SamplingParams;
+use crate::sampling::Sampling;
 
 /// One user turn: text, images, an optional system message (used when the conversation starts)
 /// and optional steering settings for this turn only.
@@ -52,8 +52,8 @@ impl Turn {
 /// How to generate an answer.
 #[derive(Clone, Debug, Default)]
 pub struct GenerateOptions {
-    /// Sampling settings (greedy by default).
-    pub sampling: SamplingParams,
+    /// How tokens are chosen (greedy by default).
+    pub sampling: Sampling,
     /// Largest number of tokens to generate (`None`: until the end of the answer or a full
     /// context).
     pub max_tokens: Option<usize>,
