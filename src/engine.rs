@@ -2,9 +2,12 @@
 //! that a wrong file is refused with an error that names it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::ffi::{self, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams};
+use crate::ffi::{
+    self, ComputeGate, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams,
+};
 use crate::gguf;
 use crate::template::{ChatTemplate, TemplateOptions};
 
@@ -100,13 +103,16 @@ impl EngineOptions {
     }
 }
 
-/// A loaded text model with its optional projector and chat template.
+/// A loaded text model with its optional projector and chat template. It can be shared
+/// between threads (each with its own sessions); the projector is used by one at a time.
 pub struct Engine {
     // Declared first so that it is dropped before the model it refers to.
-    mtmd: Option<Mtmd>,
+    mtmd: Option<Mutex<Mtmd>>,
     model: Model,
     template: ChatTemplate,
     options: EngineOptions,
+    /// Every context of the engine decodes under this gate, one at a time.
+    gate: Arc<ComputeGate>,
 }
 
 impl Engine {
@@ -120,7 +126,7 @@ impl Engine {
         gguf::check_file(&options.model, "model").map_err(model_err)?;
         let model = Model::load(&options.model, options.n_gpu_layers, options.load_mode)?;
         let mtmd = match &options.mmproj {
-            Some(path) => Some(load_projector(path, &model, &options)?),
+            Some(path) => Some(Mutex::new(load_projector(path, &model, &options)?)),
             None => None,
         };
         let template = ChatTemplate::new(&options.template, &model).map_err(|e| match e {
@@ -134,6 +140,7 @@ impl Engine {
             model,
             template,
             options,
+            gate: Arc::new(ComputeGate::default()),
         })
     }
 
@@ -142,9 +149,17 @@ impl Engine {
         &self.model
     }
 
-    /// The projector, when one was loaded.
-    pub fn mtmd(&self) -> Option<&Mtmd> {
-        self.mtmd.as_ref()
+    /// The projector, when one was loaded, locked for this thread (encoding is not
+    /// thread-safe).
+    pub fn mtmd(&self) -> Option<MutexGuard<'_, Mtmd>> {
+        self.mtmd
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether a projector is loaded.
+    pub fn has_projector(&self) -> bool {
+        self.mtmd.is_some()
     }
 
     /// The options the engine was loaded with.
@@ -171,6 +186,8 @@ impl Engine {
             flash_attn: o.flash_attn,
             type_k: o.type_k,
             type_v: o.type_v,
+            gate: self.gate.clone(),
+            abort: None,
         }
     }
 }

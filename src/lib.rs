@@ -46,6 +46,7 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod sampling;
+pub mod serve;
 pub mod session;
 pub mod steer;
 pub mod template;

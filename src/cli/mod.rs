@@ -9,6 +9,7 @@ mod errors;
 mod eval;
 mod inspect;
 mod report;
+mod serve;
 mod steering;
 mod sweep;
 
@@ -56,6 +57,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// One self-contained HTML page from the outputs of eval, analyze and sweep.
     Report(report::ReportArgs),
+    /// An OpenAI-compatible multimodal chat server with per-request CMRM, and a chat page.
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -70,6 +73,7 @@ impl Cli {
             Command::Analyze(cmd) => analyze::run(cmd),
             Command::Sweep(args) => sweep::run(args),
             Command::Report(args) => report::run(args),
+            Command::Serve(args) => serve::run(args),
         }
     }
 }
@@ -88,6 +92,7 @@ pub fn llama_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
             "-fa" => "--flash-attn",
             "-ctk" => "--cache-type-k",
             "-ctv" => "--cache-type-v",
+            "-np" => "--parallel",
             _ => return a,
         }
         .to_string()

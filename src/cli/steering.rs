@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use cmrm::media::Corruption;
-use cmrm::session::{Apply, Layers, Positions, SteerConfig};
+use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
 use cmrm::steer::{Mechanism, Source};
 use cmrm::vectors::{default_path, CmrmVectors};
 use cmrm::{CmrmSteering, Engine};
@@ -172,6 +172,58 @@ impl SteerArgs {
             config,
             mechanism: self.rules.mechanism,
         }))
+    }
+
+    /// The steering of every slot of a server, and the settings requests start from: the
+    /// plan's steering on by default; without a plan (no vector file and no --cmrm-sample, or
+    /// --no-cmrm) sample-level steering that requests turn on themselves.
+    pub fn server_steering(
+        &self,
+        plan: Option<SteerPlan>,
+        engine: &Engine,
+        slots: usize,
+    ) -> Result<(Vec<CmrmSteering>, SteerOverride)> {
+        let (plan, enabled) = match plan {
+            Some(p) => (p, true),
+            None => (
+                SteerPlan {
+                    vectors: None,
+                    source: Source::Sample(
+                        self.rules
+                            .corruption
+                            .clone()
+                            .unwrap_or(Corruption::Noise(0)),
+                    ),
+                    config: SteerConfig::default(),
+                    mechanism: self.rules.mechanism,
+                },
+                false,
+            ),
+        };
+        let deltas = match &plan.vectors {
+            Some((path, v)) => {
+                self.vectors.check(path, v, engine)?;
+                Some(v.deltas.clone())
+            }
+            None => None,
+        };
+        let steerings = (0..slots)
+            .map(|_| {
+                CmrmSteering::new(
+                    engine,
+                    deltas.clone(),
+                    plan.source.clone(),
+                    plan.config.clone(),
+                    plan.mechanism,
+                    true,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let defaults = SteerOverride {
+            enabled: Some(enabled),
+            ..SteerOverride::default()
+        };
+        Ok((steerings, defaults))
     }
 
     /// The steering of a plan on the loaded engine.

@@ -5,6 +5,8 @@ use std::ffi::c_void;
 use std::fmt;
 use std::ptr::NonNull;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use llama_cpp_sys_2 as sys;
 
@@ -142,6 +144,23 @@ pub struct ContextParams {
     pub type_k: KvType,
     /// V cache type.
     pub type_v: KvType,
+    /// Held during every decode: contexts that share it compute one at a time (each with
+    /// all its threads, in turn) instead of oversubscribing the cores.
+    pub gate: Arc<ComputeGate>,
+    /// When set, a decode under way stops at its next graph node and fails with
+    /// [`Error::Cancelled`].
+    pub abort: Option<Arc<AtomicBool>>,
+}
+
+/// llama.cpp's abort callback: `data` points to the context's flag.
+unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
+    if data.is_null() {
+        return false;
+    }
+    // SAFETY: `data` is the address of the `AtomicBool` inside the `Arc` the context that
+    // registered this callback holds; it lives as long as the context.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
 }
 
 /// A llama.cpp context borrowing its model.
@@ -153,6 +172,9 @@ pub struct Context<'m> {
     cvec_set: bool,
     /// Whether the last decode asked for logits.
     has_logits: bool,
+    gate: Arc<ComputeGate>,
+    /// Keeps the abort flag alive (at a fixed address) for the C callback.
+    abort: Option<Arc<AtomicBool>>,
     /// Keeps the hook alive at a fixed address for the C callback.
     _hook: Option<Box<SharedHook>>,
 }
@@ -187,12 +209,18 @@ impl<'m> Context<'m> {
         p.swa_full = false;
         p.type_k = params.type_k.ggml();
         p.type_v = params.type_v.ggml();
+        let abort = params.abort.clone();
+        if let Some(a) = &abort {
+            p.abort_callback = Some(abort_requested);
+            p.abort_callback_data = Arc::as_ptr(a).cast_mut().cast::<c_void>();
+        }
         let hook = hook.map(Box::new);
         if let Some(h) = &hook {
             p.cb_eval = Some(trampoline);
             p.cb_eval_user_data = (&**h as *const SharedHook).cast_mut().cast::<c_void>();
         }
-        // SAFETY: the model outlives the context (borrow); the hook box outlives it too (field).
+        // SAFETY: the model outlives the context (borrow); the hook and abort boxes outlive it
+        // too (fields).
         let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
         let ptr = NonNull::new(ptr).ok_or_else(|| failure("creating a context", None))?;
         // SAFETY: valid context.
@@ -203,6 +231,8 @@ impl<'m> Context<'m> {
             n_batch,
             cvec_set: false,
             has_logits: false,
+            gate: params.gate.clone(),
+            abort,
             _hook: hook,
         })
     }
@@ -268,8 +298,11 @@ impl<'m> Context<'m> {
         }
         let mut batch = batch;
         batch.n_tokens = n as i32;
+        let gate = self.gate.clone();
+        let turn = gate.enter();
         // SAFETY: valid context and a fully initialised batch.
         let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
+        drop(turn);
         // SAFETY: the batch came from llama_batch_init and is freed once.
         unsafe { sys::llama_batch_free(batch) };
         self.note_decode(rc, logits_last)
@@ -284,6 +317,7 @@ impl<'m> Context<'m> {
                 needed: 0,
                 n_ctx: self.n_ctx(),
             }),
+            _ if self.aborted() => Err(Error::Cancelled),
             _ => Err(failure("decode", Some(rc))),
         }
     }
@@ -404,6 +438,54 @@ impl<'m> Context<'m> {
         // SAFETY: valid context.
         let d = unsafe { sys::llama_perf_context(self.ptr.as_ptr()) };
         (d.t_p_eval_ms, d.n_p_eval, d.t_eval_ms, d.n_eval)
+    }
+}
+
+/// A first-come, first-served lock on the CPU: contexts that share it decode one at a time,
+/// in the order they asked (a thread that just decoded cannot jump the queue).
+#[derive(Debug, Default)]
+pub struct ComputeGate {
+    /// (next ticket to hand out, ticket being served).
+    tickets: Mutex<(u64, u64)>,
+    turn: Condvar,
+}
+
+/// The right to compute; the next in line goes when it is dropped.
+pub struct ComputeTurn<'a>(&'a ComputeGate);
+
+impl ComputeGate {
+    /// Waits for this caller's turn.
+    pub fn enter(&self) -> ComputeTurn<'_> {
+        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = t.0;
+        t.0 += 1;
+        while t.1 != mine {
+            t = self.turn.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+        ComputeTurn(self)
+    }
+}
+
+impl Drop for ComputeTurn<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        t.1 += 1;
+        drop(t);
+        self.0.turn.notify_all();
+    }
+}
+
+impl Context<'_> {
+    /// Whether the context's abort flag is set.
+    pub(super) fn aborted(&self) -> bool {
+        self.abort
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Relaxed))
+    }
+
+    /// The compute gate shared with the other contexts of the engine.
+    pub(super) fn gate(&self) -> Arc<ComputeGate> {
+        self.gate.clone()
     }
 }
 

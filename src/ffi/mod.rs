@@ -12,7 +12,7 @@ mod model;
 mod mtmd;
 mod sampler;
 
-pub use context::{Context, ContextParams, FlashAttn, KvType};
+pub use context::{ComputeGate, Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
 pub use model::{apply_builtin_template, LoadMode, Model};

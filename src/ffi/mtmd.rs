@@ -148,6 +148,8 @@ impl Mtmd {
         let chunk = chunks.raw(index)?;
         let n_batch = ctx.n_batch() as i32;
         let mut new_past: sys::llama_pos = 0;
+        let gate = ctx.gate();
+        let turn = gate.enter();
         // SAFETY: all pointers are valid; the chunk belongs to `chunks`, borrowed for the call.
         let rc = unsafe {
             sys::mtmd_helper_eval_chunk_single(
@@ -161,7 +163,11 @@ impl Mtmd {
                 &mut new_past,
             )
         };
+        drop(turn);
         if rc != 0 {
+            if ctx.aborted() {
+                return Err(Error::Cancelled);
+            }
             return Err(failure("encoding or decoding the image", Some(rc)));
         }
         ctx.note_decode(0, logits_last)?;

@@ -10,6 +10,7 @@ mod prompt;
 pub mod steering;
 mod turn;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,6 +39,7 @@ pub struct SessionOptions<'e> {
     steering: Option<Box<dyn Steering + 'e>>,
     observer: Option<SharedHook>,
     embeddings: bool,
+    abort: Option<Arc<AtomicBool>>,
 }
 
 impl<'e> SessionOptions<'e> {
@@ -61,6 +63,13 @@ impl<'e> SessionOptions<'e> {
     /// A graph hook that sees every graph tensor after the steering (e.g. a state capture).
     pub fn observer(mut self, hook: SharedHook) -> Self {
         self.observer = Some(hook);
+        self
+    }
+
+    /// A flag that, once set, stops the turn under way at its next step (even in the middle
+    /// of a decode), which then fails with [`Error::Cancelled`]. The caller clears it.
+    pub fn abort_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.abort = Some(flag);
         self
     }
 
@@ -98,7 +107,8 @@ impl<'e> Session<'e> {
             _ => Some(Arc::new(Mutex::new(HookChain(hooks))) as Arc<Mutex<dyn GraphHook>>),
         };
         let n_seq = if options.steering.is_some() { 2 } else { 1 };
-        let params = engine.context_params(n_seq, options.embeddings);
+        let mut params = engine.context_params(n_seq, options.embeddings);
+        params.abort = options.abort;
         let ctx = Context::new(engine.model(), &params, hook)?;
         Ok(Self {
             engine,
@@ -217,7 +227,7 @@ impl<'e> Session<'e> {
             plan.prefix_tag,
             !turn.images.is_empty(),
         );
-        let (evaluated, cached_positions) = match outcome {
+        let (evaluated, cached_positions, cached_tokens) = match outcome {
             Ok(v) => v,
             Err(e) => {
                 let _ = hooks.at(&mut self.ctx, Phase::End);
@@ -241,6 +251,8 @@ impl<'e> Session<'e> {
             applied: plan.applied,
             prompt_positions: prompt.n_positions(),
             cached_positions,
+            prompt_tokens: prompt.n_cells(),
+            cached_tokens,
             images: evaluated,
             prompt_ms: start.elapsed().as_secs_f64() * 1e3,
             done: false,
@@ -248,7 +260,7 @@ impl<'e> Session<'e> {
     }
 
     /// Evaluates what the cache does not already hold of `prompt`; returns the number of
-    /// image chunks evaluated and the positions reused.
+    /// image chunks evaluated and the positions and cells reused.
     fn eval(
         &mut self,
         prompt: &Prompt,
@@ -256,14 +268,15 @@ impl<'e> Session<'e> {
         tag: u64,
         prefix_tag: u64,
         has_image: bool,
-    ) -> Result<(usize, usize)> {
+    ) -> Result<(usize, usize, usize)> {
         let keys = prompt.keys();
         let keep = reusable(&self.cached, &keys, prefix_tag);
         self.cached.truncate(keep);
         let mut pos = self.n_past();
         self.ctx.truncate(MAIN, pos)?;
         let reused = pos;
-        let needed = self.n_cells() + keys[keep..].iter().map(|c| c.n_cells).sum::<usize>();
+        let reused_cells = self.n_cells();
+        let needed = reused_cells + keys[keep..].iter().map(|c| c.n_cells).sum::<usize>();
         let n_ctx = self.ctx.n_ctx();
         if needed >= n_ctx {
             return Err(Error::ContextFull { needed, n_ctx });
@@ -326,7 +339,7 @@ impl<'e> Session<'e> {
             }
         }
         hooks.at(&mut self.ctx, Phase::Generation)?;
-        Ok((images, reused))
+        Ok((images, reused, reused_cells))
     }
 }
 
@@ -346,6 +359,8 @@ pub struct Prefilled<'s, 'e> {
     applied: Applied,
     prompt_positions: usize,
     cached_positions: usize,
+    prompt_tokens: usize,
+    cached_tokens: usize,
     images: usize,
     prompt_ms: f64,
     done: bool,
@@ -446,6 +461,8 @@ impl Prefilled<'_, '_> {
             stop,
             prompt_positions: self.prompt_positions,
             cached_positions: self.cached_positions,
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
             images: self.images,
             prompt_ms: self.prompt_ms,
             gen_ms: start.elapsed().as_secs_f64() * 1e3,

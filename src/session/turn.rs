@@ -102,6 +102,10 @@ pub struct Generation {
     pub prompt_positions: usize,
     /// Of those, positions reused from the cache.
     pub cached_positions: usize,
+    /// Tokens (KV cells: text tokens and image embeddings) the prompt takes in all.
+    pub prompt_tokens: usize,
+    /// Of those, tokens reused from the cache.
+    pub cached_tokens: usize,
     /// Images in the prompt that were evaluated.
     pub images: usize,
     /// Wall time of prompt evaluation (steering's extra prefills included), ms.

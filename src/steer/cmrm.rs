@@ -201,7 +201,8 @@ impl CmrmSteering {
             c.clear();
             c.set_armed(true);
         }
-        let out = probe.prefill(turn.system, turn.text, images);
+        let text = probe_text(turn.text, images.len());
+        let out = probe.prefill(turn.system, &text, images);
         let mut c = lock(&capture)?;
         c.set_armed(false);
         out?;
@@ -337,6 +338,20 @@ impl CmrmSteering {
     }
 }
 
+/// The turn's text for a probe with `n_images` images: the real turn's media markers, where it
+/// has them, kept for the first `n_images` and removed for the rest.
+fn probe_text(text: &str, n_images: usize) -> String {
+    let marker = crate::ffi::Mtmd::marker();
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split(marker.as_str()).enumerate() {
+        if i > 0 && i <= n_images {
+            out.push_str(&marker);
+        }
+        out.push_str(part);
+    }
+    out
+}
+
 fn lock_cb(cb: &Mutex<CallbackSteering>) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
     cb.lock()
         .map_err(|_| Error::Invalid("the steering hook was poisoned by a panic".into()))
@@ -346,4 +361,16 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probes_keep_one_marker_per_probe_image() {
+        let m = crate::ffi::Mtmd::marker();
+        let text = format!("{m}{m}Compare them.");
+        assert_eq!(super::probe_text(&text, 0), "Compare them.");
+        assert_eq!(super::probe_text(&text, 1), format!("{m}Compare them."));
+        assert_eq!(super::probe_text("no marker", 1), "no marker");
+    }
 }

@@ -1,0 +1,413 @@
+//! The HTTP side: routes, API keys, request limits, server-sent events and graceful shutdown.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::api::{cmrm_field, ApiError, ChatRequest};
+use super::metrics::Metrics;
+use super::request::{prepare, Limits};
+use super::slots::{conversation_keys, Event, Outcome, Pool};
+use crate::sampling::SamplingParams;
+use crate::session::{SteerOverride, StopReason};
+
+/// What the handlers share.
+pub struct Shared {
+    /// The slots.
+    pub pool: Pool,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Sampling settings of the server (flags).
+    pub sampling: SamplingParams,
+    /// CMRM settings of the server (flags and the vector file).
+    pub steering: SteerOverride,
+    /// Request limits.
+    pub limits: Limits,
+    /// Accepted API keys (none: no key needed).
+    pub keys: Vec<String>,
+    /// The model name answers carry.
+    pub model: String,
+    /// Whether a projector is loaded.
+    pub vision: bool,
+    /// Largest request body, bytes.
+    pub max_request_bytes: usize,
+    /// How long a request waits for its body or a slot.
+    pub timeout: Duration,
+    /// Serve `/metrics`.
+    pub metrics_endpoint: bool,
+    /// Context size of a slot.
+    pub n_ctx: usize,
+}
+
+type App = Arc<Shared>;
+
+/// The routes.
+pub fn router(shared: App) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/v1/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .with_state(shared)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body())).into_response()
+    }
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    let public = matches!(req.uri().path(), "/" | "/health" | "/v1/health");
+    if app.keys.is_empty() || public {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let given = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    if given.is_some_and(|k| app.keys.iter().any(|a| a == k)) {
+        return next.run(req).await;
+    }
+    app.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    ApiError::new(
+        401,
+        "authentication_error",
+        "Invalid API Key: send it as Authorization: Bearer KEY or X-Api-Key",
+    )
+    .into_response()
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "not_found_error", "File Not Found")
+}
+
+async fn models(State(app): State<App>) -> Json<Value> {
+    let mut input = vec!["text"];
+    if app.vision {
+        input.push("image");
+    }
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": app.model,
+            "object": "model",
+            "created": now(),
+            "owned_by": "cmrm",
+            "meta": {"n_ctx": app.n_ctx},
+            "architecture": {"input_modalities": input, "output_modalities": ["text"]},
+        }]
+    }))
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    if !app.metrics_endpoint {
+        return ApiError::new(
+            501,
+            "not_supported_error",
+            "This server does not serve metrics: start it with --metrics",
+        )
+        .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(app.pool.waiting()),
+    )
+        .into_response()
+}
+
+/// Sets the cancel flag when dropped: the handler (or its event stream) is dropped when the
+/// client goes away.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl CancelOnDrop {
+    /// The answer is complete: nothing to cancel any more (the slot may already serve another
+    /// request).
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let _ = headers;
+    match chat_inner(&app, body).await {
+        Ok(r) => {
+            app.metrics.ok.fetch_add(1, Ordering::Relaxed);
+            r
+        }
+        Err(e) => {
+            app.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            e.into_response()
+        }
+    }
+}
+
+async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
+    let bytes: Bytes = match tokio::time::timeout(
+        app.timeout,
+        axum::body::to_bytes(body, app.max_request_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ApiError::new(
+                408,
+                "invalid_request_error",
+                "the request body did not arrive in time (--timeout)",
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                413,
+                "invalid_request_error",
+                format!(
+                    "the request is larger than {} bytes (--max-request-bytes)",
+                    app.max_request_bytes
+                ),
+            ))
+        }
+        Ok(Ok(b)) => b,
+    };
+    let req: ChatRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(format!("the request body is not a valid chat request: {e}"))
+    })?;
+    if req.messages.iter().any(|m| matches!(&m.content, Some(super::api::Content::Parts(p)) if p.iter().any(|p| matches!(p, super::api::Part::ImageUrl { .. })))) && !app.vision {
+        return Err(ApiError::invalid("image input is not supported: the server runs without --mmproj"));
+    }
+    let (sampling, steering, limits) = (
+        app.sampling.clone(),
+        app.steering.clone(),
+        app.limits.clone(),
+    );
+    let prepared = tokio::task::spawn_blocking(move || prepare(req, &sampling, &steering, &limits))
+        .await
+        .map_err(|_| ApiError::new(500, "server_error", "preparing the request failed"))??;
+    let keys = conversation_keys(&prepared.history, &prepared.turn.text);
+    let model = prepared.model.clone().unwrap_or_else(|| app.model.clone());
+    let (stream, include_usage) = (prepared.stream, prepared.include_usage);
+    let lease = app.pool.acquire(&keys, app.timeout).await?;
+    let (tx, mut rx) = mpsc::channel(256);
+    let guard = CancelOnDrop(Some(lease.cancel_flag()));
+    app.pool.submit(lease, prepared, tx)?;
+    let id = format!("chatcmpl-{}", random_id());
+    let created = now();
+    if !stream {
+        loop {
+            match rx.recv().await {
+                Some(Event::Piece(_)) => {}
+                Some(Event::Done(out, lease)) => {
+                    guard.disarm();
+                    drop(lease);
+                    let out = (*out)?;
+                    return Ok(Json(completion(&id, created, &model, &out)).into_response());
+                }
+                None => return Err(ApiError::new(500, "server_error", "the slot stopped")),
+            }
+        }
+    }
+    // Errors before the first piece are plain JSON errors with their status.
+    let first = match rx.recv().await {
+        Some(Event::Done(out, lease)) => match *out {
+            Err(e) => {
+                guard.disarm();
+                drop(lease);
+                return Err(e);
+            }
+            Ok(o) => Event::Done(Box::new(Ok(o)), lease),
+        },
+        Some(e) => e,
+        None => return Err(ApiError::new(500, "server_error", "the slot stopped")),
+    };
+    let ctx = ChunkCtx {
+        id,
+        created,
+        model,
+        include_usage,
+    };
+    let head = stream::iter(vec![Ok::<_, Infallible>(
+        Sse::default().data(
+            ctx.chunk(json!({"role": "assistant", "content": null}), None)
+                .to_string(),
+        ),
+    )]);
+    let events = stream::unfold(
+        (Some(first), rx, ctx, guard, false),
+        |(pending, mut rx, ctx, guard, done)| async move {
+            if done {
+                return None;
+            }
+            let ev = match pending {
+                Some(e) => Some(e),
+                None => rx.recv().await,
+            };
+            let items: Vec<Sse> = match ev {
+                Some(Event::Piece(p)) => {
+                    vec![Sse::default().data(ctx.chunk(json!({"content": p}), None).to_string())]
+                }
+                Some(Event::Done(out, lease)) => {
+                    guard.disarm();
+                    drop(lease);
+                    let mut v = Vec::new();
+                    match *out {
+                        Ok(o) => {
+                            let mut last = ctx.chunk(json!({}), Some(finish_reason(o.stop)));
+                            last["cmrm"] = cmrm_field(&o.applied);
+                            v.push(Sse::default().data(last.to_string()));
+                            if ctx.include_usage {
+                                let mut u = ctx.chunk(Value::Null, None);
+                                u["choices"] = json!([]);
+                                u["usage"] = serde_json::to_value(&o.usage).unwrap_or(Value::Null);
+                                u["timings"] = timings(&o);
+                                v.push(Sse::default().data(u.to_string()));
+                            }
+                            v.push(Sse::default().data("[DONE]"));
+                        }
+                        Err(e) => v.push(Sse::default().data(e.body().to_string())),
+                    }
+                    let items: Vec<Result<Sse, Infallible>> = v.into_iter().map(Ok).collect();
+                    return Some((
+                        stream::iter(items),
+                        (None, rx, ctx, CancelOnDrop(None), true),
+                    ));
+                }
+                None => return None,
+            };
+            let items: Vec<Result<Sse, Infallible>> = items.into_iter().map(Ok).collect();
+            Some((stream::iter(items), (None, rx, ctx, guard, false)))
+        },
+    )
+    .flatten();
+    let body: std::pin::Pin<Box<dyn Stream<Item = Result<Sse, Infallible>> + Send>> =
+        Box::pin(head.chain(events));
+    let mut resp = axum::response::Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(30)))
+        .into_response();
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+struct ChunkCtx {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChunkCtx {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": concat!("cmrm-", env!("CARGO_PKG_VERSION")),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+}
+
+fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::EndOfText | StopReason::StopString | StopReason::Cancelled => "stop",
+        StopReason::Length | StopReason::ContextFull => "length",
+    }
+}
+
+fn timings(o: &Outcome) -> Value {
+    let n = o.usage.completion_tokens as f64;
+    let p = (o.usage.prompt_tokens - o.usage.prompt_tokens_details.cached_tokens) as f64;
+    json!({
+        "cache_n": o.usage.prompt_tokens_details.cached_tokens,
+        "prompt_n": p,
+        "prompt_ms": o.prompt_ms,
+        "prompt_per_second": if o.prompt_ms > 0.0 { p * 1e3 / o.prompt_ms } else { 0.0 },
+        "predicted_n": o.usage.completion_tokens,
+        "predicted_ms": o.gen_ms,
+        "predicted_per_second": if o.gen_ms > 0.0 { n * 1e3 / o.gen_ms } else { 0.0 },
+    })
+}
+
+fn completion(id: &str, created: u64, model: &str, o: &Outcome) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": concat!("cmrm-", env!("CARGO_PKG_VERSION")),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": o.text},
+            "finish_reason": finish_reason(o.stop),
+        }],
+        "usage": o.usage,
+        "timings": timings(o),
+        "cmrm": cmrm_field(&o.applied),
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let chars = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(32);
+    while out.len() < 32 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let mut v = h.finish();
+        for _ in 0..8 {
+            out.push(chars[(v % 62) as usize] as char);
+            v /= 62;
+        }
+    }
+    out.truncate(32);
+    out
+}
