@@ -39,9 +39,14 @@ def start_server(slots, extra):
     raise SystemExit("the server did not start")
 
 
+COUNTER = iter(range(10**9))
+
+
 def one(base, cmrm_obj, out):
+    # A system message of its own: every request is evaluated whole, as `cmrm chat` evaluates it.
+    nonce = f"Request {next(COUNTER)}."
     body = json.dumps({
-        "messages": [{"role": "user", "content": [
+        "messages": [{"role": "system", "content": nonce}, {"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": URL}}, {"type": "text", "text": PROMPT}]}],
         "max_tokens": N_TOKENS, "temperature": 0, "stream": True, "ignore_eos": True,
         "stream_options": {"include_usage": True}, "cmrm": cmrm_obj}).encode()
@@ -61,8 +66,12 @@ def one(base, cmrm_obj, out):
                 usage, timings = chunk["usage"], chunk.get("timings")
     end = time.perf_counter()
     n = usage["completion_tokens"]
+    wall_ms = (end - t0) * 1e3
+    overhead = wall_ms - timings["prompt_ms"] - timings["predicted_ms"]
     out.append({"ttft": (first - t0) * 1e3, "tps": (n - 1) / max(end - first, 1e-9), "n": n,
-                "server_prompt_ms": timings["prompt_ms"], "wall": end - t0})
+                "server_prompt_ms": timings["prompt_ms"], "wall": end - t0,
+                "server_tps": timings["predicted_per_second"],
+                "overhead": overhead, "overhead_pct": 100 * overhead / wall_ms})
 
 
 def run(base, clients, cmrm_obj):
@@ -77,9 +86,12 @@ def run(base, clients, cmrm_obj):
     wall = time.perf_counter() - t0
     tokens = sum(r["n"] for r in results)
     return {
+        "overhead": statistics.median(r["overhead"] for r in results),
+        "overhead_pct": statistics.median(r["overhead_pct"] for r in results),
         "ttft": statistics.median(r["ttft"] for r in results),
         "server_prompt_ms": statistics.median(r["server_prompt_ms"] for r in results),
         "tps": statistics.median(r["tps"] for r in results),
+        "server_tps": statistics.median(r["server_tps"] for r in results),
         "total_tps": tokens / wall,
     }
 
@@ -103,11 +115,11 @@ modes = [
 ]
 print(f"model {model.split('/')[-1]}, {threads} threads, image + {N_TOKENS} tokens, greedy; medians over {repeats} rounds")
 print()
-print("| CMRM | clients = slots | time to first token (client) | prompt (server) | tok/s per request | total tok/s |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| CMRM | clients = slots | time to first token (client) | prompt (server) | tok/s per request (client / server) | total tok/s | HTTP and queue (per request) |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for name, server_flags, obj, chat_flags in modes:
     prompt_ms, tps = chat(chat_flags)
-    print(f"| {name} | `cmrm chat` | - | {prompt_ms:.0f} ms | {tps:.1f} | - |")
+    print(f"| {name} | `cmrm chat` | - | {prompt_ms:.0f} ms | {tps:.1f} | - | - |")
     for clients in (1, 2, 4):
         p, base = start_server(clients, server_flags)
         try:
@@ -116,7 +128,7 @@ for name, server_flags, obj, chat_flags in modes:
         finally:
             p.terminate()
             p.wait()
-        print(f"| {name} | {clients} | {r['ttft']:.0f} ms | {r['server_prompt_ms']:.0f} ms | {r['tps']:.1f} | {r['total_tps']:.1f} |")
+        print(f"| {name} | {clients} | {r['ttft']:.0f} ms | {r['server_prompt_ms']:.0f} ms | {r['tps']:.1f} / {r['server_tps']:.1f} | {r['total_tps']:.1f} | {r['overhead']:.1f} ms ({r['overhead_pct']:.1f}%) |")
 print()
 print("| 4 clients, CMRM off | total tok/s |")
 print("|---|---:|")

@@ -6,10 +6,11 @@ use std::fmt;
 use std::ptr::NonNull;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
+use super::compute::{ComputeGate, SendPtr};
 use super::hook::{trampoline, SharedHook};
 use super::{failure, Model};
 use crate::error::{Error, Result};
@@ -144,8 +145,8 @@ pub struct ContextParams {
     pub type_k: KvType,
     /// V cache type.
     pub type_v: KvType,
-    /// Held during every decode: contexts that share it compute one at a time (each with
-    /// all its threads, in turn) instead of oversubscribing the cores.
+    /// The thread that runs every decode: contexts that share it compute one at a time (each
+    /// with all its threads, in turn) instead of oversubscribing the cores.
     pub gate: Arc<ComputeGate>,
     /// When set, a decode under way stops at its next graph node and fails with
     /// [`Error::Cancelled`].
@@ -283,28 +284,32 @@ impl<'m> Context<'m> {
         seq: i32,
         logits_last: bool,
     ) -> Result<()> {
-        let n = tokens.len();
-        // SAFETY: allocates a batch with room for n tokens of one sequence each.
-        let batch = unsafe { sys::llama_batch_init(n as i32, 0, 1) };
-        // SAFETY: every array of the batch was allocated for n entries (seq_id rows for 1 id).
-        unsafe {
-            for (i, &tok) in tokens.iter().enumerate() {
-                *batch.token.add(i) = tok;
-                *batch.pos.add(i) = (pos0 + i) as i32;
-                *batch.n_seq_id.add(i) = 1;
-                **batch.seq_id.add(i) = seq;
-                *batch.logits.add(i) = i8::from(logits_last && i + 1 == n);
+        let tokens = tokens.to_vec();
+        let ctx = SendPtr(self.ptr.as_ptr());
+        let rc = self.gate.run(move || {
+            let ctx = ctx;
+            let n = tokens.len();
+            // SAFETY: allocates a batch with room for n tokens of one sequence each.
+            let mut batch = unsafe { sys::llama_batch_init(n as i32, 0, 1) };
+            // SAFETY: every array of the batch was allocated for n entries (seq_id rows for
+            // one id).
+            unsafe {
+                for (i, &tok) in tokens.iter().enumerate() {
+                    *batch.token.add(i) = tok;
+                    *batch.pos.add(i) = (pos0 + i) as i32;
+                    *batch.n_seq_id.add(i) = 1;
+                    **batch.seq_id.add(i) = seq;
+                    *batch.logits.add(i) = i8::from(logits_last && i + 1 == n);
+                }
             }
-        }
-        let mut batch = batch;
-        batch.n_tokens = n as i32;
-        let gate = self.gate.clone();
-        let turn = gate.enter();
-        // SAFETY: valid context and a fully initialised batch.
-        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
-        drop(turn);
-        // SAFETY: the batch came from llama_batch_init and is freed once.
-        unsafe { sys::llama_batch_free(batch) };
+            batch.n_tokens = n as i32;
+            // SAFETY: a valid context (its owner waits for this job) and a fully initialised
+            // batch.
+            let rc = unsafe { sys::llama_decode(ctx.0, batch) };
+            // SAFETY: the batch came from llama_batch_init and is freed once.
+            unsafe { sys::llama_batch_free(batch) };
+            rc
+        })?;
         self.note_decode(rc, logits_last)
     }
 
@@ -438,40 +443,6 @@ impl<'m> Context<'m> {
         // SAFETY: valid context.
         let d = unsafe { sys::llama_perf_context(self.ptr.as_ptr()) };
         (d.t_p_eval_ms, d.n_p_eval, d.t_eval_ms, d.n_eval)
-    }
-}
-
-/// A first-come, first-served lock on the CPU: contexts that share it decode one at a time,
-/// in the order they asked (a thread that just decoded cannot jump the queue).
-#[derive(Debug, Default)]
-pub struct ComputeGate {
-    /// (next ticket to hand out, ticket being served).
-    tickets: Mutex<(u64, u64)>,
-    turn: Condvar,
-}
-
-/// The right to compute; the next in line goes when it is dropped.
-pub struct ComputeTurn<'a>(&'a ComputeGate);
-
-impl ComputeGate {
-    /// Waits for this caller's turn.
-    pub fn enter(&self) -> ComputeTurn<'_> {
-        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = t.0;
-        t.0 += 1;
-        while t.1 != mine {
-            t = self.turn.wait(t).unwrap_or_else(|e| e.into_inner());
-        }
-        ComputeTurn(self)
-    }
-}
-
-impl Drop for ComputeTurn<'_> {
-    fn drop(&mut self) {
-        let mut t = self.0.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        t.1 += 1;
-        drop(t);
-        self.0.turn.notify_all();
     }
 }
 

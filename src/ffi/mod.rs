@@ -5,6 +5,7 @@
 //! that sees and edits `l_out-<il>` tensors), [`Mtmd`] (the multimodal projector) and the
 //! llama.cpp log capture used to turn llama.cpp's own messages into clear errors.
 
+mod compute;
 mod context;
 mod hook;
 mod log;
@@ -12,7 +13,8 @@ mod model;
 mod mtmd;
 mod sampler;
 
-pub use context::{ComputeGate, Context, ContextParams, FlashAttn, KvType};
+pub use compute::ComputeGate;
+pub use context::{Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
 pub use model::{apply_builtin_template, LoadMode, Model};

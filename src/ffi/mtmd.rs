@@ -7,6 +7,7 @@ use std::ptr::NonNull;
 
 use llama_cpp_sys_2 as sys;
 
+use super::compute::SendPtr;
 use super::{c_path, failure, Context, FlashAttn, Model};
 use crate::error::{Error, Result};
 
@@ -145,25 +146,29 @@ impl Mtmd {
         seq: i32,
         logits_last: bool,
     ) -> Result<usize> {
-        let chunk = chunks.raw(index)?;
+        let chunk = SendPtr(chunks.raw(index)?.cast_mut());
         let n_batch = ctx.n_batch() as i32;
-        let mut new_past: sys::llama_pos = 0;
-        let gate = ctx.gate();
-        let turn = gate.enter();
-        // SAFETY: all pointers are valid; the chunk belongs to `chunks`, borrowed for the call.
-        let rc = unsafe {
-            sys::mtmd_helper_eval_chunk_single(
-                self.ptr.as_ptr(),
-                ctx.as_ptr(),
-                chunk,
-                n_past as i32,
-                seq,
-                n_batch,
-                logits_last,
-                &mut new_past,
-            )
-        };
-        drop(turn);
+        let mtmd = SendPtr(self.ptr.as_ptr());
+        let lctx = SendPtr(ctx.as_ptr());
+        let (rc, new_past) = ctx.gate().run(move || {
+            let (mtmd, lctx, chunk) = (mtmd, lctx, chunk);
+            let mut new_past: sys::llama_pos = 0;
+            // SAFETY: all pointers are valid while their owners wait for this job; the chunk
+            // belongs to `chunks`, borrowed for the call.
+            let rc = unsafe {
+                sys::mtmd_helper_eval_chunk_single(
+                    mtmd.0,
+                    lctx.0,
+                    chunk.0,
+                    n_past as i32,
+                    seq,
+                    n_batch,
+                    logits_last,
+                    &mut new_past,
+                )
+            };
+            (rc, new_past)
+        })?;
         if rc != 0 {
             if ctx.aborted() {
                 return Err(Error::Cancelled);
