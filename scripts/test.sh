@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, an optimized build of llama.cpp and cmrm, unit and end-to-end
-# tests on the fixture, then formatting and lint checks.
+# tests on the fixture (parity with llama.cpp, the server with real clients and a browser, bad
+# inputs, kills, a full disk), a bounded fuzzing run of every reader of untrusted input, then
+# formatting and lint checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --release -- --test-threads=1
+bash scripts/fuzz.sh "${CMRM_FUZZ_SECONDS:-60}"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings

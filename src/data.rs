@@ -66,12 +66,33 @@ pub fn parse_line(path: &Path, line: usize, text: &str, dir: &Path) -> Result<It
     Ok(item)
 }
 
+/// Largest data set read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
 /// Reads a JSONL data set; blank lines are skipped. Every problem names the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
     if path.is_dir() {
         return Err(Error::data(path, None, "is a folder, not a JSONL file"));
     }
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.len() > MAX_FILE_BYTES {
+            return Err(Error::data(
+                path,
+                None,
+                format!(
+                    "is larger than {} MiB; split it into smaller files",
+                    MAX_FILE_BYTES >> 20
+                ),
+            ));
+        }
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    parse_jsonl(&bytes, path)
+}
+
+/// Parses the bytes of a JSONL data set read from `path` (named in errors; relative image
+/// paths are made relative to its folder).
+pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Item>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     let mut ids = std::collections::HashSet::new();

@@ -210,16 +210,20 @@ pub fn fingerprint(path: &Path) -> Result<String> {
 
 /// The output width of an mmproj's projector, when it can be read from its tensors.
 pub fn projector_width(path: &Path) -> Result<Option<usize>> {
-    let h = read_header(path)?;
+    Ok(projector_width_of(&read_header(path)?))
+}
+
+/// The output width of a projector from its header's tensors, when it can be read.
+pub fn projector_width_of(h: &Header) -> Option<usize> {
     let last = [
         "mm.2.weight",
         "mm.model.fc.weight",
         "mm.input_projection.weight",
     ];
-    Ok(last
-        .iter()
+    last.iter()
         .find_map(|n| h.tensor(n))
-        .and_then(|t| t.dims.get(1).map(|&d| d as usize)))
+        .and_then(|t| t.dims.get(1))
+        .and_then(|&d| usize::try_from(d).ok())
 }
 
 struct Reader<R> {

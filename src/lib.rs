@@ -26,18 +26,25 @@
 //! # Ok::<(), cmrm::Error>(())
 //! ```
 //!
-//! Layers, each using only the ones below it: the command line; [`eval`], [`calibrate`],
-//! [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`]; [`engine`] and
-//! [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`], [`media`], [`gguf`],
-//! [`data`], [`sampling`] and [`progress`].
+//! Layers, each using only the ones below it: the command line and [`serve`]; [`eval`],
+//! [`calibrate`], [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`];
+//! [`engine`] and [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
+//! [`media`], [`gguf`], [`data`], [`settings`], [`sampling`] and [`progress`]. Without the
+//! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
+//! llama.cpp.
 
 pub mod atomic;
+#[cfg(feature = "llama")]
 pub mod calibrate;
+#[cfg(feature = "llama")]
 pub mod capture;
 pub mod data;
+#[cfg(feature = "llama")]
 pub mod engine;
 pub mod error;
+#[cfg(feature = "llama")]
 pub mod eval;
+#[cfg(feature = "llama")]
 pub mod ffi;
 pub mod gguf;
 pub mod math;
@@ -46,15 +53,23 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod sampling;
+#[cfg(feature = "llama")]
 pub mod serve;
+#[cfg(feature = "llama")]
 pub mod session;
+pub mod settings;
+#[cfg(feature = "llama")]
 pub mod steer;
+#[cfg(feature = "llama")]
 pub mod template;
 pub mod vectors;
 
+#[cfg(feature = "llama")]
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use sampling::SamplingParams;
+#[cfg(feature = "llama")]
 pub use session::{GenerateOptions, Generation, Session, SessionOptions, StopReason, Turn};
+#[cfg(feature = "llama")]
 pub use steer::CmrmSteering;
 pub use vectors::CmrmVectors;

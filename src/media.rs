@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 
 /// Largest width or height accepted, in pixels.
 pub const MAX_SIDE: u32 = 16384;
+/// Largest image accepted, in pixels (40 megapixels: 8000 x 5000).
+pub const MAX_PIXELS: u64 = 40_000_000;
+/// Largest image file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 /// Largest decoded size accepted, in bytes (the decoder's own allocation limit).
 pub const MAX_DECODED_BYTES: u64 = 512 << 20;
 
@@ -103,6 +107,17 @@ fn read_source(source: &str) -> Result<Vec<u8>> {
     if path.is_dir() {
         return Err(image_error(source, "is a folder, not an image file"));
     }
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.len() > MAX_FILE_BYTES {
+            return Err(image_error(
+                source,
+                format!(
+                    "is larger than {} MiB, too large for an image",
+                    MAX_FILE_BYTES >> 20
+                ),
+            ));
+        }
+    }
     std::fs::read(path).map_err(|e| image_error(source, format!("cannot read image file ({e})")))
 }
 
@@ -151,13 +166,32 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(image_error(what, "image file is empty (0 bytes)"));
     }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| image_error(what, format!("cannot read image ({e})")))?;
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| image_error(what, format!("cannot read image ({e})")))
+    };
+    let mut reader = open()?;
     if reader.format().is_none() {
         return Err(image_error(
             what,
             "not an image cmrm can read (PNG, JPEG, BMP, GIF or WebP)",
+        ));
+    }
+    // The size the header declares, checked before a decoder allocates for it.
+    let (w, h) = open()?.into_dimensions().map_err(|e| {
+        image_error(
+            what,
+            format!("not a readable PNG, JPEG, BMP, GIF or WebP image ({e}); check the file is complete"),
+        )
+    })?;
+    if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+        return Err(image_error(
+            what,
+            format!(
+                "the image is {w}x{h} pixels, larger than cmrm reads ({} megapixels, {MAX_SIDE} a side); scale it down",
+                MAX_PIXELS / 1_000_000
+            ),
         ));
     }
     let mut limits = image::Limits::default();

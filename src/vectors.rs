@@ -6,10 +6,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+#[cfg(feature = "llama")]
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gguf::{self, Value};
-use crate::session::{Layers, SteerConfig};
+use crate::settings::{Layers, SteerConfig};
 
 /// How the per-anchor shifts were aggregated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub struct ModelId {
     pub mmproj_fingerprint: String,
 }
 
+#[cfg(feature = "llama")]
 impl ModelId {
     /// The identity of the engine's model and projector, for vector files.
     pub fn of(engine: &Engine) -> Result<Self> {
@@ -198,15 +200,35 @@ impl CmrmVectors {
         tensor: impl Fn(&gguf::TensorInfo) -> Result<Vec<f32>, gguf::GgufError>,
     ) -> std::result::Result<Self, String> {
         let not_cmrm = "not a cmrm vector file (make one with `cmrm calibrate`)";
+        let mut seen = std::collections::HashSet::new();
+        if let Some((k, _)) = h.kv.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            return Err(format!("the key {k} appears twice (the file was altered)"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(t) = h.tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
+            return Err(format!(
+                "the tensor {} appears twice (the file was altered)",
+                t.name
+            ));
+        }
         let s = |k: &str| match h.get(k) {
             Some(Value::Str(v)) => Ok(v.clone()),
-            _ => Err(format!("{not_cmrm}: missing {k}")),
+            Some(_) => Err(format!("{k} must be a string")),
+            None => Err(format!("{not_cmrm}: missing {k}")),
         };
-        let u = |k: &str| {
-            h.get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| format!("{not_cmrm}: missing {k}"))
+        let u = |k: &str| match h.get(k) {
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| format!("{k} must be an unsigned integer")),
+            None => Err(format!("{not_cmrm}: missing {k}")),
+        };
+        let finite = |name: &str, v: &[f32]| match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(format!(
+                "{name} holds {} at index {i}: a vector file must hold finite numbers",
+                v[i]
+            )),
+            None => Ok(()),
         };
         if s("general.architecture")? != "controlvector" {
             return Err(format!("{not_cmrm}: not a control vector"));
@@ -216,8 +238,10 @@ impl CmrmVectors {
         if n_embd == 0 || n_layer < 2 || n_embd.saturating_mul(n_layer) > 1 << 28 {
             return Err(format!("bad shape: n_embd {n_embd}, {n_layer} layers"));
         }
-        let Some(Value::F32s(deltas)) = h.get("cmrm.deltas") else {
-            return Err(format!("{not_cmrm}: missing cmrm.deltas"));
+        let deltas = match h.get("cmrm.deltas") {
+            Some(Value::F32s(d)) => d,
+            Some(_) => return Err("cmrm.deltas must be an array of float32".into()),
+            None => return Err(format!("{not_cmrm}: missing cmrm.deltas")),
         };
         if deltas.len() != n_embd * n_layer {
             return Err(format!(
@@ -225,9 +249,11 @@ impl CmrmVectors {
                 deltas.len()
             ));
         }
+        finite("cmrm.deltas", deltas)?;
         let alpha = match h.get("cmrm.alpha") {
-            Some(Value::F32(a)) => *a,
-            _ => return Err(format!("{not_cmrm}: missing cmrm.alpha")),
+            Some(Value::F32(a)) if a.is_finite() => *a,
+            Some(_) => return Err("cmrm.alpha must be a finite float32".into()),
+            None => return Err(format!("{not_cmrm}: missing cmrm.alpha")),
         };
         let (start, end) = (u("cmrm.layer_start")?, u("cmrm.layer_end")?);
         if start > end || end >= n_layer {
@@ -241,7 +267,9 @@ impl CmrmVectors {
             text_only: false,
         };
         let anchors = match (h.get("cmrm.anchor_ids"), h.get("cmrm.anchor_deltas")) {
+            (None, None) => None,
             (Some(Value::Strs(ids)), Some(Value::F32s(d))) => {
+                finite("cmrm.anchor_deltas", d)?;
                 let ids = ids
                     .iter()
                     .map(|i| i.parse())
@@ -252,16 +280,47 @@ impl CmrmVectors {
                 }
                 Some((ids, d.clone()))
             }
-            _ => None,
-        };
-        for il in 1..n_layer {
-            let t = h
-                .tensor(&format!("direction.{il}"))
-                .ok_or_else(|| format!("missing tensor direction.{il}"))?;
-            if t.dims != [n_embd as u64] {
-                return Err(format!("direction.{il} has the wrong shape"));
+            _ => {
+                return Err(
+                    "cmrm.anchor_ids (strings) and cmrm.anchor_deltas (float32) go together".into(),
+                )
             }
-            tensor(t).map_err(|e| e.to_string())?;
+        };
+        if let Some(t) = h.tensors.iter().find(|t| {
+            t.name
+                .strip_prefix("direction.")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_none_or(|n| n == 0 || n >= n_layer)
+        }) {
+            return Err(format!(
+                "unexpected tensor {} (a vector file holds direction.1 to direction.{})",
+                t.name,
+                n_layer - 1
+            ));
+        }
+        let rows: Vec<Vec<f32>> = deltas.chunks(n_embd).map(<[f32]>::to_vec).collect();
+        let expected = recommended.control_rows(&rows);
+        for il in 1..n_layer {
+            let name = format!("direction.{il}");
+            let t = h
+                .tensor(&name)
+                .ok_or_else(|| format!("missing tensor {name}"))?;
+            if t.dims != [n_embd as u64] {
+                return Err(format!("{name} has the wrong shape"));
+            }
+            let data = tensor(t).map_err(|e| e.to_string())?;
+            finite(&name, &data)?;
+            let want = &expected[(il - 1) * n_embd..il * n_embd];
+            let scale = want.iter().map(|x| x.abs()).fold(1e-6f32, f32::max);
+            if data
+                .iter()
+                .zip(want)
+                .any(|(a, b)| (a - b).abs() > 1e-4 * scale)
+            {
+                return Err(format!(
+                    "{name} does not match cmrm.deltas under the recommended settings (the file was altered)"
+                ));
+            }
         }
         Ok(Self {
             model: ModelId {
@@ -280,6 +339,7 @@ impl CmrmVectors {
         })
     }
 
+    #[cfg(feature = "llama")]
     /// Reads a vector file and checks that it was made for `engine`'s model (`force` accepts
     /// another file of the same shape).
     pub fn load_for(path: &Path, engine: &Engine, force: bool) -> Result<Self> {

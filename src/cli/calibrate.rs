@@ -79,11 +79,12 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         text_only: false,
     };
     recommended.check(false, false)?;
-    let engine = Engine::load(args.model.engine_options()?)?;
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| default_path(&args.model.model));
+    super::files::check_output_file(&out)?;
+    let engine = Engine::load(args.model.engine_options()?)?;
     let opts = CalibrateOptions {
         method: args.method,
         corruption: args.corruption.clone(),
@@ -118,6 +119,7 @@ pub struct MergeArgs {
 
 /// Merges shards.
 pub fn merge(args: MergeArgs) -> Result<()> {
+    super::files::check_output_file(&args.output)?;
     let v = calibrate::merge(&args.inputs, &args.output, args.method)?;
     eprintln!("wrote {} ({} anchors)", args.output.display(), v.n_anchors);
     Ok(())

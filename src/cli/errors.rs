@@ -22,6 +22,7 @@ fn hint(e: &Error) -> Option<&'static str> {
         Error::Steering(_) => "check the --cmrm-* flags (cmrm help chat lists them)",
         Error::Template(_) => "choose a template with --chat-template NAME",
         Error::Data { .. } => "fix the file at that line",
+        Error::Io { .. } => "check that the path exists and that you may read or write it",
         _ => return None,
     })
 }

@@ -70,6 +70,8 @@ impl DataArgs {
         if let Some(n) = self.limit {
             items.truncate(n);
         }
+        super::files::check_images(&self.data, &items)?;
+        super::files::check_output_dir(&self.out)?;
         Ok(items)
     }
 }

@@ -7,6 +7,7 @@ mod calibrate;
 mod chat;
 mod errors;
 mod eval;
+mod files;
 mod inspect;
 mod report;
 mod serve;

@@ -20,6 +20,7 @@ pub struct ReportArgs {
 pub fn run(args: ReportArgs) -> Result<()> {
     let html = cmrm::report::build(&args.out)?;
     let path = args.output.unwrap_or_else(|| args.out.join("report.html"));
+    super::files::check_output_file(&path)?;
     cmrm::atomic::write(&path, html.as_bytes())?;
     eprintln!("wrote {}", path.display());
     Ok(())

@@ -47,10 +47,12 @@ impl VectorArgs {
         Ok(Some((path, v)))
     }
 
-    /// Checks that `vectors` were made for the loaded model.
+    /// Checks that `vectors` were made for the loaded model and are of its scale.
     pub fn check(&self, path: &Path, vectors: &CmrmVectors, engine: &Engine) -> Result<()> {
         let id = cmrm::vectors::ModelId::of(engine)?;
         vectors.check_model(path, &id, self.force)?;
+        cmrm::steer::check_scale(engine, &vectors.deltas)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(())
     }
 }

@@ -71,6 +71,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     if let Some(n) = args.benign_limit {
         benign.truncate(n);
     }
+    super::files::check_images(&args.benign, &benign)?;
     if args.grid.layer_grid.is_empty() && args.grid.rules.layers.is_none() {
         anyhow::bail!("the sweep needs its layers: --layer-grid LIST (e.g. 12,16,20), with --alpha LIST for the alphas");
     }

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use steering::{
-    default_layer, Applied, Apply, Layers, NoHooks, Phase, Positions, Probe, SteerConfig,
-    SteerOverride, Steering, TurnHooks, TurnInput, TurnPlan,
+    Applied, NoHooks, Phase, Probe, SteerOverride, Steering, TurnHooks, TurnInput, TurnPlan,
 };
+
+pub use crate::settings::{default_layer, Apply, Layers, Positions, SteerConfig};
 pub use turn::{GenerateOptions, Generation, StopReason, Turn};
 
 pub use crate::template::{Message, Role};
@@ -40,6 +41,7 @@ pub struct SessionOptions<'e> {
     observer: Option<SharedHook>,
     embeddings: bool,
     abort: Option<Arc<AtomicBool>>,
+    n_ctx: Option<u32>,
 }
 
 impl<'e> SessionOptions<'e> {
@@ -70,6 +72,12 @@ impl<'e> SessionOptions<'e> {
     /// of a decode), which then fails with [`Error::Cancelled`]. The caller clears it.
     pub fn abort_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.abort = Some(flag);
+        self
+    }
+
+    /// A context of `n` tokens instead of the engine's size.
+    pub fn context_size(mut self, n: u32) -> Self {
+        self.n_ctx = Some(n);
         self
     }
 
@@ -109,6 +117,9 @@ impl<'e> Session<'e> {
         let n_seq = if options.steering.is_some() { 2 } else { 1 };
         let mut params = engine.context_params(n_seq, options.embeddings);
         params.abort = options.abort;
+        if let Some(n) = options.n_ctx {
+            params.n_ctx = n;
+        }
         let ctx = Context::new(engine.model(), &params, hook)?;
         Ok(Self {
             engine,

@@ -144,8 +144,9 @@ impl CmrmSteering {
     }
 
     /// Dataset-level steering with a vector file's shifts and recommended settings, through
-    /// the control vector.
+    /// the control vector; shifts far beyond the model's own scale are refused.
     pub fn from_vectors(engine: &Engine, vectors: &CmrmVectors) -> Result<Self> {
+        super::check_scale(engine, &vectors.deltas)?;
         Self::dataset(
             engine,
             vectors.deltas.clone(),

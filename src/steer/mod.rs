@@ -14,3 +14,34 @@ mod cvec;
 pub use callback::{CallbackPhases, CallbackSteering};
 pub use cmrm::{CmrmSteering, Mechanism, Source};
 pub use cvec::CvecSteering;
+
+use crate::capture::{lock, shared, LayerCapture};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::session::{Session, SessionOptions, Turn};
+
+/// How many times the model's own state at a layer a shift may measure before it is refused.
+pub const MAX_SHIFT_RATIO: f64 = 50.0;
+
+/// Refuses shifts far beyond the model's own hidden-state scale (a corrupted or hostile vector
+/// file): one short prompt gives the norm of the model's state at every layer, and no layer's
+/// shift may be more than [`MAX_SHIFT_RATIO`] times it.
+pub fn check_scale(engine: &Engine, deltas: &[Vec<f32>]) -> Result<()> {
+    let capture = LayerCapture::all_layers(engine.model().n_layer());
+    let options = SessionOptions::new()
+        .observer(shared(&capture))
+        .context_size(128);
+    let mut session = Session::new(engine, options)?;
+    drop(session.prefill(&Turn::user("Hello."))?);
+    let states = lock(&capture)?.all_states()?;
+    for (il, (d, h)) in deltas.iter().zip(&states).enumerate() {
+        let (dn, hn) = (crate::math::norm(d), crate::math::norm(h).max(1e-3));
+        if dn > MAX_SHIFT_RATIO * hn {
+            return Err(Error::Steering(format!(
+                "the shift at layer {il} measures {dn:.1}, {:.0} times the model's own state there ({hn:.1}): these are not shifts of this model; recalibrate",
+                dn / hn
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The settings every steering shares: the scale of the shift, the steered layers and
+//! positions, the rule that turns per-layer shifts into additions, and a turn's own overrides.
+//! Pure data and arithmetic, used by sessions, vector files and the command line alike.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::media::Corruption;
+
+/// How per-layer total shifts become per-layer additions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// Add each layer's total shift `delta_l` at layer l (compounds through the layers).
+    Total,
+    /// Add `delta_l - delta_(l-1)` at layer l (the first steered layer gets its total), so
+    /// that the accumulated addition at layer l is `delta_l`.
+    Increment,
+    /// Sample-level, callback path: move the last prompt token's state at each layer
+    /// `alpha` of the way to the text-only state, measured as the graph runs (no compounding).
+    Interpolate,
+}
+
+/// Which tokens are steered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// The last prompt token and every generated token.
+    Last,
+    /// The image tokens and everything after them.
+    AfterImage,
+    /// Every token of the turn.
+    All,
+}
+
+macro_rules! named_enum {
+    ($t:ty, $what:literal, $($v:path => $n:literal),+) => {
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($n => Ok($v),)+
+                    _ => Err(format!(concat!("{:?} is not ", $what, " (", $($n, " "),+ , ")"), s)),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($v => $n,)+ })
+            }
+        }
+    };
+}
+
+named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate");
+named_enum!(Positions, "a position set", Positions::Last => "last", Positions::AfterImage => "after-image", Positions::All => "all");
+
+/// Steered layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layers {
+    /// One layer at about 70% of the depth (layer 20 of SmolLM2-135M's 30, 16 of a 24-layer
+    /// model), chosen by the fidelity measurements in the README.
+    #[default]
+    Default,
+    /// An inclusive range (clamped to the model).
+    Range(usize, usize),
+}
+
+impl Layers {
+    /// The inclusive layer range on a model of `n_layer` layers.
+    pub fn range(self, n_layer: usize) -> (usize, usize) {
+        match self {
+            Layers::Default => {
+                let l = default_layer(n_layer);
+                (l, l)
+            }
+            Layers::Range(a, b) => (a.min(n_layer - 1), b.min(n_layer - 1)),
+        }
+    }
+}
+
+impl FromStr for Layers {
+    type Err = String;
+    /// `A-B` (inclusive), a single layer `A`, or `default`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "default" {
+            return Ok(Layers::Default);
+        }
+        let bad = || format!("{s:?} is not a layer range (A-B, a single layer A, or default)");
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let a: usize = a.trim().parse().map_err(|_| bad())?;
+        let b: usize = b.trim().parse().map_err(|_| bad())?;
+        if a > b {
+            return Err(format!("{s:?}: the range starts after it ends"));
+        }
+        Ok(Layers::Range(a, b))
+    }
+}
+
+impl fmt::Display for Layers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layers::Default => f.write_str("default"),
+            Layers::Range(a, b) if a == b => write!(f, "{a}"),
+            Layers::Range(a, b) => write!(f, "{a}-{b}"),
+        }
+    }
+}
+
+/// The default steered layer of a model with `n_layer` layers (~70% depth).
+pub fn default_layer(n_layer: usize) -> usize {
+    ((n_layer.max(1) - 1) * 7 + 5) / 10
+}
+
+/// A steering configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SteerConfig {
+    /// Scale of the shift.
+    pub alpha: f32,
+    /// How per-layer shifts are added.
+    pub apply: Apply,
+    /// Steered layers.
+    pub layers: Layers,
+    /// Steered tokens.
+    pub positions: Positions,
+    /// Also steer turns without an image.
+    pub text_only: bool,
+}
+
+impl Default for SteerConfig {
+    /// The measured defaults: `total` shift at one layer at ~70% depth, on the last prompt
+    /// token and the generated tokens, alpha 1.
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            apply: Apply::Total,
+            layers: Layers::Default,
+            positions: Positions::Last,
+            text_only: false,
+        }
+    }
+}
+
+impl SteerConfig {
+    /// The inclusive layer range on a model of `n_layer` layers.
+    pub fn layer_range(&self, n_layer: usize) -> (usize, usize) {
+        self.layers.range(n_layer)
+    }
+
+    /// Per-layer additions for layers 0..n_layer (zero outside the range), from the total
+    /// shifts `deltas` (one row per layer).
+    pub fn additions(&self, deltas: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let n_layer = deltas.len();
+        let (first, last) = self.layer_range(n_layer);
+        (0..n_layer)
+            .map(|il| {
+                if il < first || il > last {
+                    return vec![0.0; deltas[il].len()];
+                }
+                let prev = (self.apply == Apply::Increment && il > first).then(|| &deltas[il - 1]);
+                deltas[il]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, d)| self.alpha * (d - prev.map_or(0.0, |p| p[j])))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The control-vector buffer (layers 1..n_layer-1, flattened) for llama.cpp: the
+    /// additions of the range with layer 0 left out (a control vector cannot reach it).
+    pub fn control_rows(&self, deltas: &[Vec<f32>]) -> Vec<f32> {
+        let (first, last) = self.layer_range(deltas.len());
+        let cfg = SteerConfig {
+            layers: Layers::Range(first.max(1), last),
+            ..self.clone()
+        };
+        cfg.additions(deltas)[1..].concat()
+    }
+
+    /// Refuses settings that cannot work: a non-finite alpha, `interpolate` outside
+    /// sample-level callback steering on the last position.
+    pub fn check(&self, sample: bool, callback: bool) -> Result<()> {
+        if !self.alpha.is_finite() {
+            return Err(Error::Steering(format!(
+                "alpha {} is not a finite number",
+                self.alpha
+            )));
+        }
+        if self.apply == Apply::Interpolate
+            && (!sample || !callback || self.positions != Positions::Last)
+        {
+            return Err(Error::Steering(
+                "the interpolate rule needs sample-level shifts, the callback mechanism and the last positions".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A turn's own steering settings; unset fields keep the session's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SteerOverride {
+    /// Steer this turn or not.
+    pub enabled: Option<bool>,
+    /// Sample-level (the input's own shift) instead of dataset vectors.
+    pub sample: Option<bool>,
+    /// The corruption of a sample-level shift.
+    pub corruption: Option<Corruption>,
+    /// Scale.
+    pub alpha: Option<f32>,
+    /// Rule.
+    pub apply: Option<Apply>,
+    /// Layers.
+    pub layers: Option<Layers>,
+    /// Positions.
+    pub positions: Option<Positions>,
+    /// Steer even without an image.
+    pub text_only: Option<bool>,
+}
+
+impl SteerOverride {
+    /// `base` with the fields this override sets.
+    pub fn config(&self, base: &SteerConfig) -> SteerConfig {
+        SteerConfig {
+            alpha: self.alpha.unwrap_or(base.alpha),
+            apply: self.apply.unwrap_or(base.apply),
+            layers: self.layers.unwrap_or(base.layers),
+            positions: self.positions.unwrap_or(base.positions),
+            text_only: self.text_only.unwrap_or(base.text_only),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_layer_is_at_seventy_percent_depth() {
+        assert_eq!(default_layer(30), 20);
+        assert_eq!(default_layer(24), 16);
+        assert_eq!(SteerConfig::default().layer_range(30), (20, 20));
+        assert_eq!(Layers::Range(0, 99).range(30), (0, 29));
+    }
+
+    #[test]
+    fn settings_parse_and_print_back() {
+        assert_eq!("5-20".parse::<Layers>(), Ok(Layers::Range(5, 20)));
+        assert_eq!("12".parse::<Layers>(), Ok(Layers::Range(12, 12)));
+        assert!("20-5".parse::<Layers>().is_err());
+        assert!("x".parse::<Layers>().unwrap_err().contains("A-B"));
+        assert_eq!(Layers::Range(5, 20).to_string(), "5-20");
+        assert_eq!(
+            "after-image".parse::<Positions>(),
+            Ok(Positions::AfterImage)
+        );
+        assert_eq!(Apply::Increment.to_string(), "increment");
+        let e = "totl".parse::<Apply>().unwrap_err();
+        assert!(e.contains("totl") && e.contains("total"), "{e}");
+    }
+
+    fn deltas() -> Vec<Vec<f32>> {
+        vec![
+            vec![1.0, 0.0],
+            vec![3.0, 1.0],
+            vec![4.0, 4.0],
+            vec![10.0, 0.0],
+        ]
+    }
+
+    #[test]
+    fn increments_sum_to_the_total_shift() {
+        let cfg = SteerConfig {
+            layers: Layers::Range(1, 2),
+            apply: Apply::Increment,
+            ..SteerConfig::default()
+        };
+        let a = cfg.additions(&deltas());
+        assert_eq!(a[0], vec![0.0, 0.0]);
+        assert_eq!(a[1], vec![3.0, 1.0]);
+        assert_eq!(a[2], vec![1.0, 3.0]);
+        assert_eq!(a[3], vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn total_scales_each_layer_and_control_rows_skip_layer_0() {
+        let cfg = SteerConfig {
+            alpha: 0.5,
+            apply: Apply::Total,
+            layers: Layers::Range(0, 9),
+            ..SteerConfig::default()
+        };
+        let a = cfg.additions(&deltas());
+        assert_eq!(a[0], vec![0.5, 0.0]);
+        assert_eq!(a[3], vec![5.0, 0.0]);
+        assert_eq!(
+            cfg.control_rows(&deltas()),
+            vec![1.5, 0.5, 2.0, 2.0, 5.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn interpolation_is_only_offered_where_it_is_defined() {
+        let cfg = SteerConfig {
+            apply: Apply::Interpolate,
+            ..SteerConfig::default()
+        };
+        assert!(cfg.check(true, true).is_ok());
+        assert!(cfg.check(false, true).is_err());
+        assert!(cfg.check(true, false).is_err());
+    }
+}
