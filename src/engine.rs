@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::embeddings::{EmbeddingCache, EmbeddingStats};
 use crate::error::{Error, Result};
 use crate::ffi::{
     self, ComputeGate, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams,
@@ -45,6 +46,8 @@ pub struct EngineOptions {
     pub image_min_tokens: Option<u32>,
     /// Maximum image tokens (dynamic-resolution projectors).
     pub image_max_tokens: Option<u32>,
+    /// Bytes of image embeddings kept for reuse (0: encode every image every time).
+    pub image_cache_bytes: usize,
     /// Echo llama.cpp's log on stderr.
     pub verbose: bool,
 }
@@ -92,6 +95,7 @@ impl EngineOptions {
             template: TemplateOptions::default(),
             image_min_tokens: None,
             image_max_tokens: None,
+            image_cache_bytes: 256 << 20,
             verbose: false,
         }
     }
@@ -113,6 +117,8 @@ pub struct Engine {
     options: EngineOptions,
     /// Every context of the engine decodes under this gate, one at a time.
     gate: Arc<ComputeGate>,
+    /// Image embeddings by content, shared by every session of the engine.
+    embeddings: Mutex<EmbeddingCache>,
 }
 
 impl Engine {
@@ -139,6 +145,7 @@ impl Engine {
             mtmd,
             model,
             template,
+            embeddings: Mutex::new(EmbeddingCache::new(options.image_cache_bytes)),
             options,
             gate: Arc::new(ComputeGate::default()),
         })
@@ -155,6 +162,30 @@ impl Engine {
         self.mtmd
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The embeddings of the image chunk with content `key`: from the cache, else `encode`d
+    /// and kept.
+    pub fn image_embeddings(
+        &self,
+        key: u64,
+        encode: impl FnOnce() -> Result<Vec<f32>>,
+    ) -> Result<Arc<Vec<f32>>> {
+        let cache = || self.embeddings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cache().get(key) {
+            return Ok(e);
+        }
+        let e = Arc::new(encode()?);
+        cache().insert(key, e.clone());
+        Ok(e)
+    }
+
+    /// How many image chunks were encoded and how many reused, since the engine loaded.
+    pub fn embedding_stats(&self) -> EmbeddingStats {
+        self.embeddings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats()
     }
 
     /// Whether a projector is loaded.

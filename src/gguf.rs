@@ -32,7 +32,8 @@ impl From<std::io::Error> for GgufError {
     }
 }
 
-type Result<T, E = GgufError> = std::result::Result<T, E>;
+/// A result of reading GGUF.
+pub type Result<T, E = GgufError> = std::result::Result<T, E>;
 
 fn format_err<T>(msg: impl Into<String>) -> Result<T> {
     Err(GgufError::Format(msg.into()))

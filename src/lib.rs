@@ -14,7 +14,8 @@
 //! use cmrm::{CmrmSteering, CmrmVectors, Engine, EngineOptions, GenerateOptions, Session, SessionOptions, Turn};
 //!
 //! let engine = Engine::load(EngineOptions::new("model.gguf", Some("mmproj.gguf".into())))?;
-//! let vectors = CmrmVectors::load_for("model.cmrm.gguf".as_ref(), &engine, false)?;
+//! // Made for this model or another quantization of it (`fit` says which).
+//! let (vectors, fit) = CmrmVectors::load_for("model.cmrm.gguf".as_ref(), &engine, false)?;
 //! let steering = CmrmSteering::from_vectors(&engine, &vectors)?;
 //! let mut session = Session::new(&engine, SessionOptions::new().steering(steering))?;
 //! let turn = Turn::user("What is in this picture?").image(cmrm::media::load("photo.jpg")?);
@@ -29,16 +30,18 @@
 //! Layers, each using only the ones below it: the command line and [`serve`]; [`eval`],
 //! [`calibrate`], [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`];
 //! [`engine`] and [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
-//! [`media`], [`gguf`], [`data`], [`settings`], [`sampling`] and [`progress`]. Without the
-//! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
-//! llama.cpp.
+//! [`media`], [`gguf`], [`identity`], [`quant`], [`clock`], [`data`], [`settings`],
+//! [`sampling`] and [`progress`]. Without the default `llama` feature the crate is the leaves
+//! and [`vectors`]: the file formats, without llama.cpp.
 
 pub mod atomic;
 #[cfg(feature = "llama")]
 pub mod calibrate;
 #[cfg(feature = "llama")]
 pub mod capture;
+pub mod clock;
 pub mod data;
+pub mod embeddings;
 #[cfg(feature = "llama")]
 pub mod engine;
 pub mod error;
@@ -47,10 +50,12 @@ pub mod eval;
 #[cfg(feature = "llama")]
 pub mod ffi;
 pub mod gguf;
+pub mod identity;
 pub mod math;
 pub mod media;
 pub mod plot;
 pub mod progress;
+pub mod quant;
 pub mod report;
 pub mod sampling;
 #[cfg(feature = "llama")]

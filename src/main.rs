@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    cmrm::ffi::quiet_broken_pipe();
     let cli = cli::Cli::parse_from(cli::llama_style_args(std::env::args()));
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gguf::{self, Value};
+pub use crate::identity::{FileId, Identity, Relation};
 use crate::settings::{Layers, SteerConfig};
 
 /// How the per-anchor shifts were aggregated.
@@ -41,7 +42,7 @@ impl fmt::Display for Method {
     }
 }
 
-/// Identifies the model (and projector) a vector file was computed for.
+/// The model (and projector) a vector file was computed for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelId {
     /// Residual-stream width.
@@ -50,40 +51,142 @@ pub struct ModelId {
     pub n_layer: usize,
     /// Architecture (e.g. `llama`), llama.cpp's `controlvector.model_hint`.
     pub arch: String,
-    /// Fingerprint of the text model's GGUF header (weights layout and quantization).
-    pub model_fingerprint: String,
-    /// Fingerprint of the mmproj's GGUF header, when one was used.
-    pub mmproj_fingerprint: String,
+    /// The text model file.
+    pub model: FileId,
+    /// The projector file, when one was used.
+    pub mmproj: Option<FileId>,
 }
 
-#[cfg(feature = "llama")]
 impl ModelId {
-    /// The identity of the engine's model and projector, for vector files.
-    pub fn of(engine: &Engine) -> Result<Self> {
-        let o = engine.options();
-        let fp = |p: &Path, model: bool| {
-            crate::gguf::fingerprint(p).map_err(|e| {
-                let (path, cause) = (p.to_path_buf(), e.to_string());
-                if model {
-                    Error::ModelFile { path, cause }
-                } else {
-                    Error::ProjectorFile { path, cause }
-                }
-            })
+    /// The identity of a model and projector from their GGUF headers, without loading them
+    /// (what discovery compares vector files against).
+    pub fn of_files(model: &Path, mmproj: Option<&Path>) -> Result<Self> {
+        let (file, h) = FileId::of_model(model).map_err(|e| Error::ModelFile {
+            path: model.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+        let arch = match h.get("general.architecture") {
+            Some(Value::Str(a)) => a.clone(),
+            _ => String::new(),
+        };
+        let width = |key: &str| {
+            h.get(&format!("{arch}.{key}"))
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| Error::ModelFile {
+                    path: model.to_path_buf(),
+                    cause: format!("no {arch}.{key} in its header: not a llama.cpp text model"),
+                })
+        };
+        let mmproj = match mmproj {
+            Some(p) => Some(FileId::of_projector(p).map_err(|e| Error::ProjectorFile {
+                path: p.to_path_buf(),
+                cause: e.to_string(),
+            })?),
+            None => None,
         };
         Ok(ModelId {
-            n_embd: engine.model().n_embd(),
-            n_layer: engine.model().n_layer(),
-            arch: engine
-                .model()
-                .meta("general.architecture")
-                .unwrap_or_default(),
-            model_fingerprint: fp(&o.model, true)?,
-            mmproj_fingerprint: match &o.mmproj {
-                Some(p) => fp(p, false)?,
-                None => String::new(),
-            },
+            n_embd: width("embedding_length")?,
+            n_layer: width("block_count")?,
+            arch,
+            model: file,
+            mmproj,
         })
+    }
+
+    #[cfg(feature = "llama")]
+    /// The identity of the engine's model and projector.
+    pub fn of(engine: &Engine) -> Result<Self> {
+        let o = engine.options();
+        let mut id = Self::of_files(&o.model, o.mmproj.as_deref())?;
+        // The loaded model is the authority on its shape.
+        id.n_embd = engine.model().n_embd();
+        id.n_layer = engine.model().n_layer();
+        Ok(id)
+    }
+}
+
+/// How a vector file fits the model in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// Made on these very files.
+    Exact,
+    /// Made on other files of the same model (another quantization): what was measured on
+    /// what, in one line.
+    SameModel(String),
+    /// Made for another model and used anyway (`force`): how they differ.
+    Forced(String),
+}
+
+impl Fit {
+    /// The line to show a user, when there is one.
+    pub fn message(&self, path: &Path) -> Option<String> {
+        match self {
+            Fit::Exact => None,
+            Fit::SameModel(m) => Some(format!("cmrm: {}: {m}", path.display())),
+            Fit::Forced(d) => Some(format!(
+                "cmrm: WARNING: --force: using {} although it was {d}; its shifts may not mean anything for this model",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// The anchor set vectors were calibrated on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnchorSet {
+    /// The file's name.
+    pub name: String,
+    /// Number of anchors in the file (of which `n_anchors` were used).
+    pub size: usize,
+    /// SHA-256 of the file, as `sha256sum` prints it.
+    pub sha256: String,
+}
+
+impl AnchorSet {
+    /// Describes an anchor file of `size` items.
+    pub fn of_file(path: &Path, size: usize) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        Ok(AnchorSet {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size,
+            sha256: Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+}
+
+/// How and when a vector file was made, for the people who download it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The cmrm version that made it.
+    pub cmrm_version: String,
+    /// When, ISO 8601 UTC.
+    pub created: String,
+    /// The anchor set (unknown in files made before provenance was recorded).
+    pub anchors: Option<AnchorSet>,
+    /// The system message every anchor was prompted with.
+    pub system_prompt: Option<String>,
+    /// The evaluation the recommended settings were chosen on (Markdown), when they were.
+    pub evaluation: Option<String>,
+}
+
+impl Provenance {
+    /// Made now (or at `SOURCE_DATE_EPOCH`), by this cmrm.
+    pub fn now(anchors: Option<AnchorSet>, system_prompt: Option<String>) -> Self {
+        Provenance {
+            cmrm_version: env!("CARGO_PKG_VERSION").into(),
+            created: crate::clock::iso8601(crate::clock::stamp_utc()),
+            anchors,
+            system_prompt,
+            evaluation: None,
+        }
     }
 }
 
@@ -104,6 +207,8 @@ pub struct CmrmVectors {
     pub recommended: SteerConfig,
     /// Per-anchor shifts (ids and `n_layer * n_embd` floats each), kept for shards and merges.
     pub anchors: Option<(Vec<u64>, Vec<f32>)>,
+    /// How and when it was made.
+    pub provenance: Provenance,
 }
 
 impl CmrmVectors {
@@ -116,42 +221,51 @@ impl CmrmVectors {
     pub fn save(&self, path: &Path) -> Result<()> {
         let m = &self.model;
         let r = &self.recommended;
+        let p = &self.provenance;
+        let str_kv = |k: &str, v: &str| (k.to_string(), Value::Str(v.to_string()));
         let mut kv: Vec<(String, Value)> = vec![
-            (
-                "general.architecture".into(),
-                Value::Str("controlvector".into()),
-            ),
-            (
-                "controlvector.model_hint".into(),
-                Value::Str(m.arch.clone()),
-            ),
+            str_kv("general.architecture", "controlvector"),
+            str_kv("controlvector.model_hint", &m.arch),
             (
                 "controlvector.layer_count".into(),
                 Value::I32(m.n_layer as i32 - 1),
             ),
-            (
-                "cmrm.version".into(),
-                Value::Str(env!("CARGO_PKG_VERSION").into()),
-            ),
-            ("cmrm.method".into(), Value::Str(self.method.to_string())),
-            (
-                "cmrm.corruption".into(),
-                Value::Str(self.corruption.clone()),
-            ),
+            str_kv("cmrm.version", &p.cmrm_version),
+            str_kv("cmrm.created", &p.created),
+            str_kv("cmrm.method", &self.method.to_string()),
+            str_kv("cmrm.corruption", &self.corruption),
             ("cmrm.n_anchors".into(), Value::U32(self.n_anchors as u32)),
             ("cmrm.n_embd".into(), Value::U32(m.n_embd as u32)),
             ("cmrm.n_layer".into(), Value::U32(m.n_layer as u32)),
-            (
-                "cmrm.model_fingerprint".into(),
-                Value::Str(m.model_fingerprint.clone()),
+            str_kv("cmrm.model_fingerprint", &m.model.fingerprint),
+            str_kv(
+                "cmrm.mmproj_fingerprint",
+                m.mmproj.as_ref().map_or("", |f| &f.fingerprint),
             ),
-            (
-                "cmrm.mmproj_fingerprint".into(),
-                Value::Str(m.mmproj_fingerprint.clone()),
-            ),
+            str_kv("cmrm.model.file", &m.model.file),
+            str_kv("cmrm.model.quantization", &m.model.quantization),
+            str_kv("cmrm.model.identity", &m.model.identity.to_string()),
+        ];
+        if let Some(f) = &m.mmproj {
+            kv.push(str_kv("cmrm.mmproj.file", &f.file));
+            kv.push(str_kv("cmrm.mmproj.quantization", &f.quantization));
+            kv.push(str_kv("cmrm.mmproj.identity", &f.identity.to_string()));
+        }
+        if let Some(a) = &p.anchors {
+            kv.push(str_kv("cmrm.anchors.name", &a.name));
+            kv.push(("cmrm.anchors.size".into(), Value::U32(a.size as u32)));
+            kv.push(str_kv("cmrm.anchors.sha256", &a.sha256));
+        }
+        if let Some(sys) = &p.system_prompt {
+            kv.push(str_kv("cmrm.system_prompt", sys));
+        }
+        if let Some(e) = &p.evaluation {
+            kv.push(str_kv("cmrm.evaluation", e));
+        }
+        kv.extend([
             ("cmrm.alpha".into(), Value::F32(r.alpha)),
-            ("cmrm.apply".into(), Value::Str(r.apply.to_string())),
-            ("cmrm.positions".into(), Value::Str(r.positions.to_string())),
+            str_kv("cmrm.apply", &r.apply.to_string()),
+            str_kv("cmrm.positions", &r.positions.to_string()),
             (
                 "cmrm.layer_start".into(),
                 Value::U32(r.layer_range(m.n_layer).0 as u32),
@@ -161,7 +275,7 @@ impl CmrmVectors {
                 Value::U32(r.layer_range(m.n_layer).1 as u32),
             ),
             ("cmrm.deltas".into(), Value::F32s(self.deltas.concat())),
-        ];
+        ]);
         if let Some((ids, data)) = &self.anchors {
             kv.push((
                 "cmrm.anchor_ids".into(),
@@ -215,6 +329,11 @@ impl CmrmVectors {
             Some(Value::Str(v)) => Ok(v.clone()),
             Some(_) => Err(format!("{k} must be a string")),
             None => Err(format!("{not_cmrm}: missing {k}")),
+        };
+        let opt = |k: &str| match h.get(k) {
+            Some(Value::Str(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(format!("{k} must be a string")),
+            None => Ok(None),
         };
         let u = |k: &str| match h.get(k) {
             Some(v) => v
@@ -322,13 +441,45 @@ impl CmrmVectors {
                 ));
             }
         }
+        let file = |role: &str, fingerprint: String| -> std::result::Result<FileId, String> {
+            let key = format!("cmrm.{role}.identity");
+            Ok(FileId {
+                file: opt(&format!("cmrm.{role}.file"))?.unwrap_or_default(),
+                fingerprint,
+                quantization: opt(&format!("cmrm.{role}.quantization"))?.unwrap_or_default(),
+                identity: match opt(&key)? {
+                    Some(id) => id.parse().map_err(|e| format!("{key}: {e}"))?,
+                    None => Identity::default(),
+                },
+            })
+        };
+        let mmproj_fingerprint = opt("cmrm.mmproj_fingerprint")?.unwrap_or_default();
+        let anchors_set = match opt("cmrm.anchors.name")? {
+            Some(name) => Some(AnchorSet {
+                name,
+                size: u("cmrm.anchors.size")?,
+                sha256: s("cmrm.anchors.sha256")?,
+            }),
+            None => None,
+        };
         Ok(Self {
             model: ModelId {
                 n_embd,
                 n_layer,
                 arch: s("controlvector.model_hint")?,
-                model_fingerprint: s("cmrm.model_fingerprint")?,
-                mmproj_fingerprint: s("cmrm.mmproj_fingerprint").unwrap_or_default(),
+                model: file("model", s("cmrm.model_fingerprint")?)?,
+                mmproj: if mmproj_fingerprint.is_empty() {
+                    None
+                } else {
+                    Some(file("mmproj", mmproj_fingerprint)?)
+                },
+            },
+            provenance: Provenance {
+                cmrm_version: s("cmrm.version")?,
+                created: opt("cmrm.created")?.unwrap_or_default(),
+                anchors: anchors_set,
+                system_prompt: opt("cmrm.system_prompt")?,
+                evaluation: opt("cmrm.evaluation")?,
             },
             method: s("cmrm.method")?.parse()?,
             corruption: s("cmrm.corruption")?,
@@ -340,38 +491,72 @@ impl CmrmVectors {
     }
 
     #[cfg(feature = "llama")]
-    /// Reads a vector file and checks that it was made for `engine`'s model (`force` accepts
-    /// another file of the same shape).
-    pub fn load_for(path: &Path, engine: &Engine, force: bool) -> Result<Self> {
+    /// Reads a vector file and checks that it was made for `engine`'s model or another
+    /// quantization of it (`force` accepts another model of the same shape).
+    pub fn load_for(path: &Path, engine: &Engine, force: bool) -> Result<(Self, Fit)> {
         let v = Self::load(path)?;
-        v.check_model(path, &ModelId::of(engine)?, force)?;
-        Ok(v)
+        let fit = v.check_model(path, &ModelId::of(engine)?, force)?;
+        Ok((v, fit))
     }
 
-    /// Refuses vectors made for another model: shape always, fingerprint unless `force`.
-    pub fn check_model(&self, path: &Path, model: &ModelId, force: bool) -> Result<()> {
+    /// How these vectors fit `running`: refused for another shape always, for another model
+    /// (or projector) unless `force`; accepted for another quantization of the same model.
+    pub fn check_model(&self, path: &Path, running: &ModelId, force: bool) -> Result<Fit> {
         let m = &self.model;
-        if m.n_embd != model.n_embd || m.n_layer != model.n_layer {
+        if m.n_embd != running.n_embd || m.n_layer != running.n_layer {
             return Err(Error::ForeignVectors {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "vectors are for a model with n_embd {} and {} layers, this model has n_embd {} and {} layers",
-                    m.n_embd, m.n_layer, model.n_embd, model.n_layer
+                    "vectors are for a model with n_embd {} and {} layers ({}), this model has n_embd {} and {} layers",
+                    m.n_embd, m.n_layer, m.model.file, running.n_embd, running.n_layer
                 ),
                 overridable: false,
             });
         }
-        if !force && m.model_fingerprint != model.model_fingerprint {
+        let (mut problems, mut notes) = (Vec::new(), Vec::new());
+        let mut compare = |what: &str, made: &FileId, used: &FileId| {
+            match made.relation(used) {
+            Relation::Same => {}
+            Relation::SameModel if made.quantization != used.quantization => notes.push(format!(
+                "{what} shifts measured on {} ({}), running {} ({})",
+                made.quantization, made.file, used.quantization, used.file
+            )),
+            Relation::SameModel => notes.push(format!(
+                "{what} shifts measured on another file of the same model ({}, {})",
+                made.file, made.quantization
+            )),
+            Relation::Different(parts) => problems.push(format!(
+                "made for another {what} ({}): {} differ from {}",
+                made.file,
+                parts.join(", "),
+                used.file
+            )),
+            Relation::Unknown => problems.push(format!(
+                "made for another {what} file and written before cmrm recorded model identities, so it cannot tell whether {} is the same {what}",
+                used.file
+            )),
+        }
+        };
+        compare("model", &m.model, &running.model);
+        if let (Some(made), Some(used)) = (&m.mmproj, &running.mmproj) {
+            compare("projector", made, used);
+        }
+        if !problems.is_empty() {
+            let detail = problems.join("; ");
+            if force {
+                return Ok(Fit::Forced(detail));
+            }
             return Err(Error::ForeignVectors {
                 path: path.to_path_buf(),
-                detail: format!(
-                    "vectors were computed for another model file (fingerprint {} vs {})",
-                    m.model_fingerprint, model.model_fingerprint
-                ),
+                detail,
                 overridable: true,
             });
         }
-        Ok(())
+        Ok(if notes.is_empty() {
+            Fit::Exact
+        } else {
+            Fit::SameModel(notes.join("; "))
+        })
     }
 }
 
@@ -382,4 +567,110 @@ pub fn default_path(model: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     model.with_file_name(format!("{stem}.cmrm.gguf"))
+}
+
+/// A vector file chosen for a model, and why.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The file.
+    pub path: PathBuf,
+    /// Its vectors.
+    pub vectors: CmrmVectors,
+    /// Why this file, in words.
+    pub reason: String,
+}
+
+/// What [`discover`] found in a model's folder.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// The file to use, when there is one.
+    pub chosen: Option<Chosen>,
+    /// `*.cmrm.gguf` files looked at and not used, with the reason.
+    pub passed_over: Vec<(PathBuf, String)>,
+}
+
+/// Finds the vector file for a model where users put them: `<stem>.cmrm.gguf` beside it,
+/// else the one `*.cmrm.gguf` in its folder whose model identity matches (`running`, computed
+/// only when the folder must be searched), so that a folder of several quantizations needs one
+/// vector file. Several matching files are an error that lists them.
+pub fn discover(model: &Path, running: impl FnOnce() -> Result<ModelId>) -> Result<Discovery> {
+    let named = default_path(model);
+    if named.exists() {
+        return Ok(Discovery {
+            chosen: Some(Chosen {
+                vectors: CmrmVectors::load(&named)?,
+                reason: "named after the model file".into(),
+                path: named,
+            }),
+            passed_over: Vec::new(),
+        });
+    }
+    let dir = match model.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Discovery::default());
+    };
+    let mut candidates: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(".cmrm.gguf"))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(Discovery::default());
+    }
+    candidates.sort();
+    let running = running()?;
+    let mut found = Discovery::default();
+    let mut matching = Vec::new();
+    for p in candidates {
+        let fit = CmrmVectors::load(&p).and_then(|v| {
+            let fit = v.check_model(&p, &running, false)?;
+            Ok((v, fit))
+        });
+        match fit {
+            Ok((v, fit)) => matching.push((p, v, fit)),
+            Err(e) => {
+                let why = e.to_string();
+                let why = why
+                    .strip_prefix(&format!("{}: ", p.display()))
+                    .unwrap_or(&why)
+                    .to_string();
+                found.passed_over.push((p, why));
+            }
+        }
+    }
+    if matching.len() > 1 {
+        let list: Vec<String> = matching
+            .iter()
+            .map(|(p, _, _)| format!("  {}", p.display()))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "several vector files in {} are made for {}:\n{}\nchoose one with --cmrm FILE",
+            dir.display(),
+            model.display(),
+            list.join("\n")
+        )));
+    }
+    found.chosen = matching.pop().map(|(path, vectors, fit)| Chosen {
+        reason: match fit {
+            Fit::Exact => format!(
+                "the only *.cmrm.gguf in {} made for this model file",
+                dir.display()
+            ),
+            _ => format!(
+                "the only *.cmrm.gguf in {} made for this model; measured on {} of it, {}",
+                dir.display(),
+                vectors.model.model.quantization,
+                vectors.model.model.file
+            ),
+        },
+        path,
+        vectors,
+    });
+    Ok(found)
 }

@@ -237,6 +237,34 @@ fn every_command_refuses_every_bad_input_cleanly() {
         }
     }
 
+    // The quantizer's input.
+    let q_out = good.join("q.gguf");
+    for (kind, fix) in [
+        ("nothing-here.gguf", "check the path"),
+        ("empty.gguf", "not a GGUF file"),
+        ("text.gguf", "not a GGUF file"),
+        ("truncated.gguf", "quantizing failed"),
+        ("a-folder.gguf", "folder"),
+        ("unreadable.gguf", "check the path"),
+    ] {
+        let f = bad.path(kind);
+        let q = q_out.to_string_lossy();
+        check(
+            &owned(&["quantize", "--allow-requantize", &f, &q, "Q8_0"]),
+            &f,
+            &[fix],
+            Some(&q_out),
+        );
+        let partial = std::fs::read_dir(&good)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".partial-"));
+        assert!(
+            !partial,
+            "quantize {kind}: a partial output was left behind"
+        );
+    }
+
     // Data sets, for every command that reads one.
     let data_cmds: Vec<(Vec<String>, &str)> = vec![
         (
@@ -386,6 +414,7 @@ fn every_command_refuses_every_bad_input_cleanly() {
         chat.extend(model_flags(&m, &p));
         check(&chat, &f, &[fix], None);
         check(&owned(&["inspect", &f]), &f, &[fix], None);
+        check(&owned(&["card", &f]), &f, &[fix], None);
         check(
             &owned(&["merge", "-o", &vec_out.to_string_lossy(), &f]),
             &f,
@@ -449,6 +478,19 @@ fn every_command_refuses_every_bad_input_cleanly() {
             &bad.dir.join(dir).to_string_lossy(),
             &["cannot create", "cannot write"],
             Some(&outdir),
+        );
+        let quantized = bad.dir.join(dir).join("q.gguf");
+        check(
+            &owned(&[
+                "quantize",
+                "--allow-requantize",
+                &m,
+                &quantized.to_string_lossy(),
+                "Q8_0",
+            ]),
+            &quantized.to_string_lossy(),
+            &["does not exist", "cannot write"],
+            Some(&quantized),
         );
         let report = bad.dir.join(dir).join("report.html");
         check(

@@ -221,6 +221,7 @@ fn anchors(n: usize) -> Vec<cmrm::data::Item> {
 
 fn options(shard: Option<(usize, usize)>) -> CalibrateOptions {
     CalibrateOptions {
+        anchor_set: None,
         method: Method::Mean,
         corruption: Corruption::Noise(3),
         system: None,
@@ -318,7 +319,8 @@ fn bad_vector_files_are_clear_errors() {
     let not_gguf = photo();
     let not_cmrm = mmproj();
     let mut foreign = CmrmVectors::load(&good).unwrap();
-    foreign.model.model_fingerprint = "0123456789abcdef".into();
+    foreign.model.model.fingerprint = "0123456789abcdef".into();
+    foreign.model.model.identity.vocab = "0123456789ab".into();
     let other_model = tmp("other-model.gguf");
     foreign.save(&other_model).unwrap();
     let mut wide = foreign.clone();
@@ -364,9 +366,15 @@ fn bad_vector_files_are_clear_errors() {
         );
         assert!(!err.contains("panicked"));
     }
+    let forced = chat(&other_model, &["--force"]);
     assert!(
-        chat(&other_model, &["--force"]).status.success(),
-        "--force should accept another fingerprint"
+        forced.status.success(),
+        "--force should accept another model of the same shape"
+    );
+    let warning = String::from_utf8_lossy(&forced.stderr);
+    assert!(
+        warning.contains("WARNING") && warning.contains("the vocabulary"),
+        "--force must say loudly what differs: {warning}"
     );
     assert_eq!(
         chat(&other_width, &["--force"]).status.code(),
@@ -403,14 +411,23 @@ fn interrupted_calibration_resumes_to_the_same_file() {
             "2".into(),
         ]
     };
+    // One creation time for both files (the stamp is the only byte that may differ).
+    let run = |out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cmrm"))
+            .args(args(out))
+            .env("SOURCE_DATE_EPOCH", "1764000000")
+            .output()
+            .unwrap()
+    };
     let full = dir.join("full.gguf");
-    let o = cmrm(&args(&full).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&full);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let resumed = dir.join("resumed.gguf");
     let partial = dir.join("resumed.gguf.partial");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cmrm"))
         .args(args(&resumed))
+        .env("SOURCE_DATE_EPOCH", "1764000000")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -428,17 +445,12 @@ fn interrupted_calibration_resumes_to_the_same_file() {
         !resumed.exists(),
         "killed run must not leave an output file"
     );
-    let o = cmrm(
-        &args(&resumed)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let o = run(&resumed);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!partial.exists(), "partial state left behind");
-    assert_eq!(
-        std::fs::read(&full).unwrap(),
-        std::fs::read(&resumed).unwrap()
+    assert!(
+        std::fs::read(&full).unwrap() == std::fs::read(&resumed).unwrap(),
+        "the resumed file differs from the uninterrupted one"
     );
 }
 

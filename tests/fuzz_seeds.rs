@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cmrm::vectors::{CmrmVectors, ModelId};
+use cmrm::vectors::{CmrmVectors, FileId, ModelId};
 use cmrm::{data, gguf, media};
 
 fn inputs(target: &str) -> Vec<PathBuf> {
@@ -26,8 +26,11 @@ fn vector_file_seeds() {
         n_embd: 4,
         n_layer: 3,
         arch: "llama".into(),
-        model_fingerprint: "0123456789abcdef".into(),
-        mmproj_fingerprint: String::new(),
+        model: FileId {
+            fingerprint: "0123456789abcdef".into(),
+            ..FileId::default()
+        },
+        mmproj: None,
     };
     for p in inputs("vector_file") {
         let bytes = std::fs::read(&p).unwrap();
@@ -36,6 +39,13 @@ fn vector_file_seeds() {
             Ok(v) => {
                 assert!(name.starts_with("valid"), "{name} was accepted");
                 v.check_model(&p, &model, false).unwrap();
+                if name == "valid-with-provenance.gguf" {
+                    let a = v.provenance.anchors.as_ref().unwrap();
+                    assert_eq!((a.name.as_str(), a.size), ("anchors.jsonl", 118));
+                    assert_eq!(v.model.model.quantization, "Q4_1");
+                    assert_eq!(v.model.model.identity.vocab, "0b0b0b0b0b0b");
+                    assert_eq!(v.provenance.system_prompt.as_deref(), Some("Be careful."));
+                }
             }
             Err(e) => {
                 assert!(!name.starts_with("valid"), "{name}: {e}");
@@ -54,6 +64,11 @@ fn model_header_seeds() {
             Ok(h) => {
                 assert!(name.starts_with("valid"), "{name} was accepted");
                 assert_eq!(gguf::projector_width_of(&h), Some(2));
+                assert_eq!(cmrm::quant::describe(&h), "Q4_1");
+                let read = |t: &gguf::TensorInfo| gguf::f32_tensor_in(&bytes, &h, t);
+                let id = cmrm::identity::Identity::of_model(&h, &read).unwrap();
+                assert!(!id.weights.is_empty(), "output_norm is a 1-D F32 tensor");
+                assert!(cmrm::identity::Identity::of_projector(&h, &read).is_ok());
             }
             Err(e) => assert!(!name.starts_with("valid"), "{name}: {e}"),
         }

@@ -179,6 +179,7 @@ fn vectors(dir: &Path) -> PathBuf {
     let mut anchors = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
     anchors.truncate(4);
     let opts = cmrm::calibrate::CalibrateOptions {
+        anchor_set: None,
         method: cmrm::vectors::Method::Mean,
         corruption: cmrm::media::Corruption::Noise(0),
         system: None,

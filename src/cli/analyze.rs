@@ -60,7 +60,7 @@ fn gap(mut args: GapArgs) -> Result<()> {
     let plan = ConditionPlan::new(
         &args.conditions.conditions,
         &args.conditions.grid,
-        &args.model.model,
+        &args.model,
     )?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let n_layer = engine.model().n_layer();

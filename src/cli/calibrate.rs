@@ -8,7 +8,7 @@ use clap::Args;
 use cmrm::calibrate::{self, CalibrateOptions};
 use cmrm::media::Corruption;
 use cmrm::session::{Apply, Layers, Positions, SteerConfig};
-use cmrm::vectors::{default_path, Method};
+use cmrm::vectors::{default_path, AnchorSet, Method};
 use cmrm::Engine;
 
 use super::ModelArgs;
@@ -68,6 +68,7 @@ pub struct CalibrateArgs {
 /// Runs calibration.
 pub fn run(args: CalibrateArgs) -> Result<()> {
     let mut anchors = cmrm::data::read_jsonl(&args.anchors)?;
+    let anchor_set = AnchorSet::of_file(&args.anchors, anchors.len())?;
     if let Some(n) = args.limit {
         anchors.truncate(n);
     }
@@ -91,6 +92,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         system: args.system.clone(),
         shard: args.shard,
         recommended,
+        anchor_set: Some(anchor_set),
     };
     let v = calibrate::calibrate(&engine, &anchors, &opts, &out)?;
     eprintln!(

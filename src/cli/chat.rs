@@ -43,7 +43,7 @@ const CHAT_TEMP: f32 = 0.2;
 /// Runs the chat.
 pub fn run(args: ChatArgs) -> Result<()> {
     let images = load_images(&args.image)?;
-    let plan = args.steering.plan(&args.model.model)?;
+    let plan = args.steering.plan(&args.model)?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let mut options = SessionOptions::new();
     if let Some(plan) = plan {

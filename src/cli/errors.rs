@@ -16,7 +16,7 @@ fn hint(e: &Error) -> Option<&'static str> {
         }
         Error::ForeignVectors {
             overridable: true, ..
-        } => "calibrate vectors for this model, or pass --force to use them anyway (e.g. another quantization of the same model)",
+        } => "calibrate vectors for this model with `cmrm calibrate`, or pass --force to use them anyway (their shifts may mean nothing for this model)",
         Error::ForeignVectors { .. } => "calibrate vectors for this model with `cmrm calibrate`",
         Error::Image { .. } => "check the image (PNG, JPEG, BMP, GIF or WebP)",
         Error::Steering(_) => "check the --cmrm-* flags (cmrm help chat lists them)",

@@ -173,7 +173,7 @@ fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
 impl ConditionPlan {
     /// Reads the vector file when a dataset condition needs it and checks every setting.
     /// `grid` gives one condition per layer range (the sweep), else `--cmrm-layers` applies.
-    pub fn new(kinds: &[Kind], args: &GridArgs, model: &Path) -> Result<Self> {
+    pub fn new(kinds: &[Kind], args: &GridArgs, model: &ModelArgs) -> Result<Self> {
         let grid = &args.layer_grid;
         anyhow::ensure!(!kinds.is_empty(), "no condition to run (--conditions)");
         let dataset = kinds.contains(&Kind::Cmrm);
@@ -413,7 +413,7 @@ fn safety(args: SafetyArgs) -> Result<()> {
     let plan = ConditionPlan::new(
         &args.conditions.conditions,
         &args.conditions.grid,
-        &args.model.model,
+        &args.model,
     )?;
     let judge_path = match args.judge {
         JudgeKind::Refusal => None,
@@ -464,7 +464,7 @@ fn utility(args: UtilityArgs) -> Result<()> {
     let plan = ConditionPlan::new(
         &args.conditions.conditions,
         &args.conditions.grid,
-        &args.model.model,
+        &args.model,
     )?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
@@ -501,7 +501,7 @@ fn fidelity(mut args: FidelityArgs) -> Result<()> {
     let plan = ConditionPlan::new(
         &args.conditions.conditions,
         &args.conditions.grid,
-        &args.model.model,
+        &args.model,
     )?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;

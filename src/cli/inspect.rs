@@ -1,36 +1,71 @@
-//! `cmrm inspect`: what a vector file holds.
+//! `cmrm inspect`: what a vector file holds, how it was made and for which model.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use serde_json::{json, Value};
 
-use cmrm::vectors::CmrmVectors;
+use cmrm::vectors::{CmrmVectors, FileId};
 
 /// Flags of `cmrm inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Vector file.
     file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
-/// Prints metadata and per-layer norms.
+/// Prints provenance, model identity, recommended settings and per-layer norms.
 pub fn run(args: InspectArgs) -> Result<()> {
     let v = CmrmVectors::load(&args.file)?;
+    let (delta_norms, direction_norms) = norms(&v);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&as_json(&args, &v, &delta_norms, &direction_norms))?
+        );
+        return Ok(());
+    }
     let r = &v.recommended;
+    let p = &v.provenance;
+    let unknown = |s: &str| {
+        if s.is_empty() {
+            "unknown".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     println!("file:        {}", args.file.display());
     println!(
         "model:       {} (n_embd {}, {} layers)",
         v.model.arch, v.model.n_embd, v.model.n_layer
     );
+    print_file("measured on", &v.model.model);
+    if let Some(m) = &v.model.mmproj {
+        print_file("projector", m);
+    }
     println!(
-        "fingerprint: model {} mmproj {}",
-        v.model.model_fingerprint, v.model.mmproj_fingerprint
+        "made:        by cmrm {} on {}",
+        unknown(&p.cmrm_version),
+        unknown(&p.created)
     );
     println!(
         "method:      {} over {} anchors, corruption {}",
         v.method, v.n_anchors, v.corruption
     );
+    match &p.anchors {
+        Some(a) => println!(
+            "anchor set:  {} ({} items, sha256 {})",
+            a.name, a.size, a.sha256
+        ),
+        None => println!("anchor set:  not recorded (made before cmrm recorded provenance)"),
+    }
+    if let Some(sys) = &p.system_prompt {
+        println!("system:      {sys:?}");
+    }
     let (first, last) = r.layer_range(v.model.n_layer);
     println!(
         "recommended: alpha {} apply {} layers {first}-{last} positions {}",
@@ -42,19 +77,94 @@ pub fn run(args: InspectArgs) -> Result<()> {
             ids.len()
         );
     }
-    let rows = v.control_rows(r);
-    let norm = |x: &[f32]| cmrm::math::norm(x) as f32;
+    if let Some(e) = &p.evaluation {
+        println!("chosen on:\n{}", e.trim_end());
+    }
     println!("{:>5} {:>12} {:>14}", "layer", "|delta|", "|direction|");
-    for (il, d) in v.deltas.iter().enumerate() {
-        let dir = if il == 0 {
-            "-".to_string()
-        } else {
-            format!(
-                "{:.4}",
-                norm(&rows[(il - 1) * v.model.n_embd..il * v.model.n_embd])
-            )
-        };
-        println!("{il:>5} {:>12.4} {dir:>14}", norm(d));
+    for (il, d) in delta_norms.iter().enumerate() {
+        let dir = direction_norms[il].map_or("-".to_string(), |n| format!("{n:.4}"));
+        println!("{il:>5} {d:>12.4} {dir:>14}");
     }
     Ok(())
+}
+
+fn print_file(label: &str, f: &FileId) {
+    let id = f.identity.to_string();
+    println!(
+        "{label:<12} {} ({}), identity {}",
+        if f.file.is_empty() {
+            "a file not named in this vector file"
+        } else {
+            &f.file
+        },
+        if f.quantization.is_empty() {
+            "quantization unknown"
+        } else {
+            &f.quantization
+        },
+        if id.is_empty() {
+            "not recorded".to_string()
+        } else {
+            id
+        }
+    );
+}
+
+/// Per-layer norms of the shifts and of the control-vector rows (none for layer 0).
+fn norms(v: &CmrmVectors) -> (Vec<f32>, Vec<Option<f32>>) {
+    let rows = v.control_rows(&v.recommended);
+    let norm = |x: &[f32]| cmrm::math::norm(x) as f32;
+    let n = v.model.n_embd;
+    let deltas = v.deltas.iter().map(|d| norm(d)).collect();
+    let dirs = (0..v.model.n_layer)
+        .map(|il| (il > 0).then(|| norm(&rows[(il - 1) * n..il * n])))
+        .collect();
+    (deltas, dirs)
+}
+
+fn file_json(f: &FileId) -> Value {
+    json!({
+        "file": f.file,
+        "quantization": f.quantization,
+        "fingerprint": f.fingerprint,
+        "identity": f.identity.to_string(),
+    })
+}
+
+fn as_json(args: &InspectArgs, v: &CmrmVectors, deltas: &[f32], dirs: &[Option<f32>]) -> Value {
+    let r = &v.recommended;
+    let p = &v.provenance;
+    let (first, last) = r.layer_range(v.model.n_layer);
+    json!({
+        "file": args.file,
+        "model": {
+            "arch": v.model.arch,
+            "n_embd": v.model.n_embd,
+            "n_layer": v.model.n_layer,
+            "text_model": file_json(&v.model.model),
+            "mmproj": v.model.mmproj.as_ref().map(file_json),
+        },
+        "provenance": {
+            "cmrm_version": p.cmrm_version,
+            "created": p.created,
+            "anchor_set": p.anchors.as_ref().map(|a| json!({
+                "name": a.name, "size": a.size, "sha256": a.sha256,
+            })),
+            "system_prompt": p.system_prompt,
+            "evaluation": p.evaluation,
+        },
+        "method": v.method.to_string(),
+        "corruption": v.corruption,
+        "n_anchors": v.n_anchors,
+        "shard_anchors": v.anchors.as_ref().map(|(ids, _)| ids.len()),
+        "recommended": {
+            "alpha": r.alpha,
+            "apply": r.apply.to_string(),
+            "layers": [first, last],
+            "positions": r.positions.to_string(),
+        },
+        "layers": deltas.iter().zip(dirs).enumerate().map(|(il, (d, dir))| json!({
+            "layer": il, "delta_norm": d, "direction_norm": dir,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -4,11 +4,13 @@
 
 mod analyze;
 mod calibrate;
+mod card;
 mod chat;
 mod errors;
 mod eval;
 mod files;
 mod inspect;
+mod quantize;
 mod report;
 mod serve;
 mod steering;
@@ -60,6 +62,10 @@ enum Command {
     Report(report::ReportArgs),
     /// An OpenAI-compatible multimodal chat server with per-request CMRM, and a chat page.
     Serve(serve::ServeArgs),
+    /// Write the Markdown card a model repository shows for a vector file.
+    Card(card::CardArgs),
+    /// Quantize a model GGUF with llama.cpp's quantizer (as llama-quantize).
+    Quantize(quantize::QuantizeArgs),
 }
 
 impl Cli {
@@ -75,6 +81,8 @@ impl Cli {
             Command::Sweep(args) => sweep::run(args),
             Command::Report(args) => report::run(args),
             Command::Serve(args) => serve::run(args),
+            Command::Card(args) => card::run(args),
+            Command::Quantize(args) => quantize::run(args),
         }
     }
 }
@@ -167,6 +175,10 @@ pub struct ModelArgs {
     /// Maximum image tokens (dynamic-resolution projectors).
     #[arg(long = "image-max-tokens")]
     pub image_max_tokens: Option<u32>,
+    /// MiB of image embeddings kept for reuse: an image shown again (a corruption image, the
+    /// same photo in another condition or request) is not encoded again (0: never reuse).
+    #[arg(long = "image-cache", value_name = "MIB", default_value_t = 256)]
+    pub image_cache: usize,
     /// Print llama.cpp's log and timings on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -228,6 +240,7 @@ impl ModelArgs {
         o.image_min_tokens = self.image_min_tokens;
         o.image_max_tokens = self.image_max_tokens;
         o.verbose = self.verbose;
+        o.image_cache_bytes = self.image_cache << 20;
         o
     }
 }

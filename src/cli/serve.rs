@@ -98,7 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(p) = &args.media_path {
         anyhow::ensure!(p.is_dir(), "--media-path {}: not a folder", p.display());
     }
-    let plan = args.steering.plan(&args.model.model)?;
+    let plan = args.steering.plan(&args.model)?;
     let engine: &'static Engine = Box::leak(Box::new(Engine::load(
         args.model.engine_options_with(true)?,
     )?));

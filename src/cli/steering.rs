@@ -9,48 +9,77 @@ use clap::Args;
 use cmrm::media::Corruption;
 use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
 use cmrm::steer::{Mechanism, Source};
-use cmrm::vectors::{default_path, CmrmVectors};
+use cmrm::vectors::{default_path, discover, CmrmVectors, ModelId};
 use cmrm::{CmrmSteering, Engine};
+
+use super::ModelArgs;
 
 /// Which vector file, for every command that steers.
 #[derive(Args, Clone, Debug)]
 pub struct VectorArgs {
-    /// Vector file (default: <model-stem>.cmrm.gguf next to the model, when present).
+    /// Vector file (default: <model-stem>.cmrm.gguf next to the model, else the one
+    /// *.cmrm.gguf in the model's folder made for this model or another quantization of it).
     #[arg(long = "cmrm", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Use a vector file made for another model file of the same shape.
+    /// Use a vector file made for another model of the same shape (its shifts may mean
+    /// nothing there; other quantizations of the same model need no --force).
     #[arg(long)]
     pub force: bool,
 }
 
 impl VectorArgs {
-    /// The vector file to use: `--cmrm FILE`, else `<model-stem>.cmrm.gguf` when it exists
-    /// (`required`: an error when there is none). Read and checked before the model loads.
-    pub fn load(&self, model: &Path, required: bool) -> Result<Option<(PathBuf, CmrmVectors)>> {
-        let path = match &self.file {
-            Some(p) => p.clone(),
-            None => {
-                let p = default_path(model);
-                if !p.exists() {
-                    if required {
-                        anyhow::bail!(
-                            "no vector file: {} does not exist; make one with `cmrm calibrate` or pass --cmrm FILE",
-                            p.display()
-                        );
-                    }
-                    return Ok(None);
-                }
-                p
+    /// The vector file to use: `--cmrm FILE`, else `<model-stem>.cmrm.gguf`, else the one
+    /// `*.cmrm.gguf` in the model's folder made for this model (`required`: an error when
+    /// there is none). Read before the model loads; `-v` says which file and why.
+    pub fn load(
+        &self,
+        model: &ModelArgs,
+        required: bool,
+    ) -> Result<Option<(PathBuf, CmrmVectors)>> {
+        if let Some(p) = &self.file {
+            let v = CmrmVectors::load(p)?;
+            if model.verbose {
+                eprintln!("cmrm: vectors {} (given with --cmrm)", p.display());
             }
-        };
-        let v = CmrmVectors::load(&path)?;
-        Ok(Some((path, v)))
+            return Ok(Some((p.clone(), v)));
+        }
+        let running = || ModelId::of_files(&model.model, model.mmproj.as_deref());
+        let found = discover(&model.model, running)?;
+        if model.verbose {
+            for (p, why) in &found.passed_over {
+                eprintln!("cmrm: passed over {}: {why}", p.display());
+            }
+        }
+        match found.chosen {
+            Some(c) => {
+                if model.verbose {
+                    eprintln!("cmrm: vectors {} ({})", c.path.display(), c.reason);
+                }
+                Ok(Some((c.path, c.vectors)))
+            }
+            None if required => {
+                let mut msg = format!(
+                    "no vector file for {}: neither {} nor a *.cmrm.gguf made for this model in its folder; make one with `cmrm calibrate` or pass --cmrm FILE",
+                    model.model.display(),
+                    default_path(&model.model).display()
+                );
+                for (p, why) in &found.passed_over {
+                    msg.push_str(&format!("\n  passed over {}: {why}", p.display()));
+                }
+                anyhow::bail!(msg)
+            }
+            None => Ok(None),
+        }
     }
 
-    /// Checks that `vectors` were made for the loaded model and are of its scale.
+    /// Checks that `vectors` were made for the loaded model (or another quantization of it,
+    /// said in one line) and are of its scale.
     pub fn check(&self, path: &Path, vectors: &CmrmVectors, engine: &Engine) -> Result<()> {
-        let id = cmrm::vectors::ModelId::of(engine)?;
-        vectors.check_model(path, &id, self.force)?;
+        let id = ModelId::of(engine)?;
+        let fit = vectors.check_model(path, &id, self.force)?;
+        if let Some(line) = fit.message(path) {
+            eprintln!("{line}");
+        }
         cmrm::steer::check_scale(engine, &vectors.deltas)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(())
@@ -123,7 +152,7 @@ pub struct SteerPlan {
 
 impl SteerArgs {
     /// Reads the vector file and checks the settings; `None` for plain inference.
-    pub fn plan(&self, model: &Path) -> Result<Option<SteerPlan>> {
+    pub fn plan(&self, model: &ModelArgs) -> Result<Option<SteerPlan>> {
         if self.off {
             return Ok(None);
         }
@@ -142,8 +171,8 @@ impl SteerArgs {
                 || self.vectors.force;
             if set {
                 anyhow::bail!(
-                    "the --cmrm-* flags would be ignored: there is no vector file ({} does not exist); pass --cmrm FILE or --cmrm-sample",
-                    default_path(model).display()
+                    "the --cmrm-* flags would be ignored: there is no vector file (neither {} nor a *.cmrm.gguf made for this model in its folder); pass --cmrm FILE or --cmrm-sample",
+                    default_path(&model.model).display()
                 );
             }
             return Ok(None);

@@ -76,7 +76,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         anyhow::bail!("the sweep needs its layers: --layer-grid LIST (e.g. 12,16,20), with --alpha LIST for the alphas");
     }
     let kinds = [Kind::Image, Kind::Cmrm];
-    let plan = ConditionPlan::new(&kinds, &args.grid, &args.model.model)?;
+    let plan = ConditionPlan::new(&kinds, &args.grid, &args.model)?;
     let vector_file = plan.vector_file().map(|p| p.to_path_buf());
     let engine = Engine::load(args.model.engine_options()?)?;
     let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
@@ -163,6 +163,17 @@ pub fn run(args: SweepArgs) -> Result<()> {
                 text_only: false,
                 ..cfg
             };
+            v.provenance.evaluation = Some(format!(
+                "`cmrm sweep` on {} harmful items of {} and {} benign items of {}, refusal judge, {}: chosen {} (the lowest unsafe rate within +{:.0} points of over-refusal and +{:.0}% perplexity of the image baseline)\n\n{md}",
+                harmful.len(),
+                file_name(&args.data.data),
+                benign.len(),
+                file_name(&args.benign),
+                args.model.model.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                b.condition,
+                100.0 * args.max_over_refusal,
+                100.0 * args.max_ppl_increase
+            ));
             v.save(&path)?;
             eprintln!(
                 "wrote the recommended settings of {} into {}",
@@ -177,6 +188,13 @@ pub fn run(args: SweepArgs) -> Result<()> {
         None => eprintln!("no configuration stays within the utility limits; nothing chosen"),
     }
     Ok(())
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn alpha(conds: &Conditions<'_>, name: &str) -> f32 {

@@ -11,6 +11,7 @@ mod hook;
 mod log;
 mod model;
 mod mtmd;
+mod quantize;
 mod sampler;
 
 pub use compute::ComputeGate;
@@ -19,12 +20,23 @@ pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
 pub use model::{apply_builtin_template, LoadMode, Model};
 pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd, MtmdParams};
+pub use quantize::{quantize, QuantizeParams};
 pub use sampler::{json_schema_to_grammar, Sampler};
 
 use std::ffi::CString;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+
+/// Lets a write to a closed pipe end the process quietly, as C tools do (`cmrm inspect | head`),
+/// instead of Rust's default of ignoring SIGPIPE and panicking in `println!`.
+pub fn quiet_broken_pipe() {
+    // SAFETY: setting SIGPIPE's disposition to the default is async-signal-safe, done once at
+    // start before any thread is spawned, and installs no Rust handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
 
 /// A path as a C string, or an error naming the file when it contains a NUL byte.
 fn c_path(path: &Path) -> Result<CString> {

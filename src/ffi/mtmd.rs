@@ -135,36 +135,78 @@ impl Mtmd {
         }
     }
 
-    /// Encodes image chunk `index` and decodes its embeddings into sequence `seq` of `ctx` at
-    /// `n_past`; returns the new position.
-    pub fn eval_image(
+    /// Runs the projector on image chunk `index`: its embeddings, `n_tokens` rows of the text
+    /// model's input width.
+    pub fn encode(&self, ctx: &mut Context<'_>, chunks: &Chunks, index: usize) -> Result<Vec<f32>> {
+        let chunk = SendPtr(chunks.raw(index)?.cast_mut());
+        let mtmd = SendPtr(self.ptr.as_ptr());
+        let model = SendPtr(ctx.model().as_ptr());
+        let out = ctx.gate().run(move || {
+            let (mtmd, model, chunk) = (mtmd, model, chunk);
+            // SAFETY: the projector, model and chunk outlive this job (their owners wait for
+            // it); mtmd_get_output_embd points at n_tokens * n_embd_inp floats written by the
+            // encode just made, copied before anything else runs on the projector.
+            unsafe {
+                if sys::mtmd_encode_chunk(mtmd.0, chunk.0) != 0 {
+                    return None;
+                }
+                let width = sys::llama_model_n_embd_inp(model.0).max(0) as usize;
+                let n = sys::mtmd_input_chunk_get_n_tokens(chunk.0) * width;
+                let embd = sys::mtmd_get_output_embd(mtmd.0);
+                (!embd.is_null()).then(|| std::slice::from_raw_parts(embd, n).to_vec())
+            }
+        })?;
+        match out {
+            Some(v) => Ok(v),
+            None if ctx.aborted() => Err(Error::Cancelled),
+            None => Err(failure("encoding the image", None)),
+        }
+    }
+
+    /// Decodes the embeddings `embd` of image chunk `index` (from [`Mtmd::encode`]) into
+    /// sequence `seq` of `ctx` at `n_past`; returns the new position (M-RoPE images take fewer
+    /// positions than tokens).
+    pub fn decode_embeddings(
         &self,
         ctx: &mut Context<'_>,
         chunks: &Chunks,
         index: usize,
+        embd: &[f32],
         n_past: usize,
         seq: i32,
-        logits_last: bool,
     ) -> Result<usize> {
         let chunk = SendPtr(chunks.raw(index)?.cast_mut());
+        // SAFETY: the chunk belongs to `chunks`, borrowed for this call; reading its size
+        // touches nothing a decode uses.
+        let n_tokens = unsafe { sys::mtmd_input_chunk_get_n_tokens(chunk.0) };
+        if embd.len() != n_tokens * ctx.model().n_embd_inp() {
+            return Err(Error::Invalid(format!(
+                "{} embedding values for an image chunk of {n_tokens} tokens",
+                embd.len()
+            )));
+        }
         let n_batch = ctx.n_batch() as i32;
         let mtmd = SendPtr(self.ptr.as_ptr());
         let lctx = SendPtr(ctx.as_ptr());
+        let data = SendPtr(embd.as_ptr().cast_mut());
         let (rc, new_past) = ctx.gate().run(move || {
-            let (mtmd, lctx, chunk) = (mtmd, lctx, chunk);
+            let (mtmd, lctx, chunk, data) = (mtmd, lctx, chunk, data);
             let mut new_past: sys::llama_pos = 0;
-            // SAFETY: all pointers are valid while their owners wait for this job; the chunk
-            // belongs to `chunks`, borrowed for the call.
+            // SAFETY: all pointers are valid while their owners wait for this job; `data`
+            // holds the chunk's n_tokens * n_embd_inp floats (checked above), which the helper
+            // only reads; no post-decode callback.
             let rc = unsafe {
-                sys::mtmd_helper_eval_chunk_single(
+                sys::mtmd_helper_decode_image_chunk(
                     mtmd.0,
                     lctx.0,
                     chunk.0,
+                    data.0,
                     n_past as i32,
                     seq,
                     n_batch,
-                    logits_last,
                     &mut new_past,
+                    None,
+                    std::ptr::null_mut(),
                 )
             };
             (rc, new_past)
@@ -173,9 +215,9 @@ impl Mtmd {
             if ctx.aborted() {
                 return Err(Error::Cancelled);
             }
-            return Err(failure("encoding or decoding the image", Some(rc)));
+            return Err(failure("decoding the image embeddings", Some(rc)));
         }
-        ctx.note_decode(0, logits_last)?;
+        ctx.note_decode(0, false)?;
         Ok(new_past as usize)
     }
 }

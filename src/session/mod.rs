@@ -336,7 +336,7 @@ impl<'e> Session<'e> {
                     hooks.at(&mut self.ctx, Phase::Image)?;
                     let t = if hooks.steering_now() { tag } else { 0 };
                     let next =
-                        prompt.eval_image(self.engine, &mut self.ctx, *chunk, pos, MAIN, last)?;
+                        prompt.eval_image(self.engine, &mut self.ctx, *chunk, *key, pos, MAIN)?;
                     debug_assert_eq!(next - pos, *n_pos);
                     pos = next;
                     images += 1;

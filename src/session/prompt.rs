@@ -164,28 +164,30 @@ impl Prompt {
                     ctx.decode(t, pos, seq, last)?;
                     pos += t.len();
                 }
-                Piece::Image { chunk, .. } => {
-                    pos = self.eval_image(engine, ctx, *chunk, pos, seq, last)?;
+                Piece::Image { chunk, key, .. } => {
+                    pos = self.eval_image(engine, ctx, *chunk, *key, pos, seq)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Encodes and decodes image chunk `chunk` at `pos`; returns the next position.
+    /// Decodes image chunk `chunk` (content `key`) at `pos`, encoding it unless the engine
+    /// holds its embeddings; returns the next position.
     pub fn eval_image(
         &self,
         engine: &Engine,
         ctx: &mut Context<'_>,
         chunk: usize,
+        key: u64,
         pos: usize,
         seq: i32,
-        logits: bool,
     ) -> Result<usize> {
         let (Some(mtmd), Some(chunks)) = (engine.mtmd(), &self.chunks) else {
             return Err(Error::NoProjector);
         };
-        mtmd.eval_image(ctx, chunks, chunk, pos, seq, logits)
+        let embd = engine.image_embeddings(key, || mtmd.encode(ctx, chunks, chunk))?;
+        mtmd.decode_embeddings(ctx, chunks, chunk, &embd, pos, seq)
     }
 }
 

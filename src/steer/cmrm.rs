@@ -265,7 +265,12 @@ impl Steering for CmrmSteering {
         if turn.images.is_empty() && !config.text_only {
             return Ok(TurnPlan::none("no image in this turn"));
         }
-        let mut applied = Applied {
+        if config.alpha == 0.0 {
+            // No hooks at all: even an idle `last` hook splits the last prompt token from
+            // its batch, which moves llama.cpp's attention sums by rounding on long prompts.
+            return Ok(TurnPlan::none("alpha is 0"));
+        }
+        let applied = Applied {
             applied: true,
             reason: None,
             source: Some(if sample { "sample" } else { "dataset" }.into()),
@@ -308,9 +313,6 @@ impl Steering for CmrmSteering {
             tag = fnv(&format!("{tag} {}", self.vectors_id));
             self.hooks_for(&deltas, &config)?
         };
-        if config.alpha == 0.0 {
-            applied.reason = Some("alpha is 0".into());
-        }
         let tag = tag | 1;
         Ok(TurnPlan {
             hooks,

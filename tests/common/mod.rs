@@ -17,14 +17,16 @@ pub fn fixture_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("fixture"));
     FIXTURE.call_once(|| {
-        if !dir.join(".complete").exists() {
-            let ok = Command::new("bash")
-                .arg(root.join("scripts/fixture.sh"))
-                .status()
-                .expect("run scripts/fixture.sh")
-                .success();
-            assert!(ok, "scripts/fixture.sh failed");
-        }
+        // Idempotent and quick when everything is in place; --qwen: the Qwen2.5 backbone and
+        // its qwen2vl rewrite (M-RoPE) are part of the tested families.
+        let ok = Command::new("bash")
+            .arg(root.join("scripts/fixture.sh"))
+            .arg("--qwen")
+            .env("CMRM_FIXTURE_DIR", &dir)
+            .status()
+            .expect("run scripts/fixture.sh")
+            .success();
+        assert!(ok, "scripts/fixture.sh failed");
     });
     dir
 }

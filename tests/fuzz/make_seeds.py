@@ -92,11 +92,21 @@ w("vector_file", "altered-direction.gguf", vectors(tensors=[("direction.1", [9.0
 w("vector_file", "extra-tensor.gguf", vectors(tensors=[("direction.0", [0.0] * 4)]))
 w("vector_file", "huge-count.gguf", b"GGUF" + struct.pack("<IQQ", 3, 1 << 60, 1 << 60))
 w("vector_file", "empty", b"")
+provenance = [("cmrm.created", 8, "2026-11-25T00:00:00Z"), ("cmrm.model.file", 8, "m-Q4_1.gguf"),
+              ("cmrm.model.quantization", 8, "Q4_1"),
+              ("cmrm.model.identity", 8, "hparams:0a0a0a0a0a0a vocab:0b0b0b0b0b0b tensors:0c0c0c0c0c0c weights:0d0d0d0d0d0d"),
+              ("cmrm.anchors.name", 8, "anchors.jsonl"), ("cmrm.anchors.size", 4, 118),
+              ("cmrm.anchors.sha256", 8, "00" * 32), ("cmrm.system_prompt", 8, "Be careful."),
+              ("cmrm.evaluation", 8, "| a | b |")]
+w("vector_file", "valid-with-provenance.gguf", vectors(extra=provenance))
+w("vector_file", "bad-identity.gguf", vectors(extra=[("cmrm.model.identity", 8, "hparams:not-hex")]))
+w("vector_file", "anchor-set-without-hash.gguf", vectors(extra=[("cmrm.anchors.name", 8, "a.jsonl"), ("cmrm.anchors.size", 4, 1)]))
 
 # A model or mmproj header: keys of every type, an F32 and a quantized tensor.
 model = gguf([kv("general.architecture", 8, "llama"), kv("llama.block_count", 4, 2),
+              kv("llama.embedding_length", 4, 4), kv("general.file_type", 4, 3),
               kv("clip.projector_type", 8, "mlp"), kv("tokenizer.ggml.tokens", 9, (8, ["a", "b"]))],
-             [("mm.2.weight", [0.0] * 8)])
+             [("output_norm.weight", [1.0] * 4), ("mm.2.weight", [0.0] * 8)])
 model = model.replace(struct.pack("<I", 1) + struct.pack("<Q", 8), struct.pack("<I", 2) + struct.pack("<QQ", 4, 2), 1)
 w("model_header", "valid.gguf", model)
 w("model_header", "truncated.gguf", model[:40])

@@ -14,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let peak = budget::peak_of(|| {
         if let Ok(h) = gguf::parse_header(data) {
             let _ = gguf::projector_width_of(&h);
+            let _ = cmrm::quant::describe(&h);
+            let read = |t: &gguf::TensorInfo| gguf::f32_tensor_in(data, &h, t);
+            let _ = cmrm::identity::Identity::of_model(&h, &read);
+            let _ = cmrm::identity::Identity::of_projector(&h, &read);
             for t in &h.tensors {
                 let _ = gguf::f32_tensor_in(data, &h, t);
             }

@@ -7,7 +7,7 @@ mod budget;
 
 use std::path::Path;
 
-use cmrm::vectors::{CmrmVectors, ModelId};
+use cmrm::vectors::{CmrmVectors, FileId, ModelId};
 use libfuzzer_sys::fuzz_target;
 
 #[global_allocator]
@@ -21,8 +21,11 @@ fuzz_target!(|data: &[u8]| {
                 n_embd: 576,
                 n_layer: 30,
                 arch: "llama".into(),
-                model_fingerprint: "0123456789abcdef".into(),
-                mmproj_fingerprint: String::new(),
+                model: FileId {
+                    fingerprint: "0123456789abcdef".into(),
+                    ..FileId::default()
+                },
+                mmproj: None,
             };
             let _ = v.check_model(path, &model, false);
             let _ = v.check_model(path, &model, true);
