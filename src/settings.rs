@@ -26,10 +26,20 @@ pub enum Apply {
 pub enum Positions {
     /// The last prompt token and every generated token.
     Last,
+    /// The last prompt token only, once during the prefill; generated tokens are left alone
+    /// (ShiftDC's positions).
+    LastPrompt,
     /// The image tokens and everything after them.
     AfterImage,
     /// Every token of the turn.
     All,
+}
+
+impl Positions {
+    /// Whether steering starts at the last prompt token (decoded on its own for it).
+    pub fn at_last_token(self) -> bool {
+        matches!(self, Positions::Last | Positions::LastPrompt)
+    }
 }
 
 macro_rules! named_enum {
@@ -52,7 +62,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate");
-named_enum!(Positions, "a position set", Positions::Last => "last", Positions::AfterImage => "after-image", Positions::All => "all");
+named_enum!(Positions, "a position set", Positions::Last => "last", Positions::LastPrompt => "last-prompt", Positions::AfterImage => "after-image", Positions::All => "all");
 
 /// Steered layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,10 +197,10 @@ impl SteerConfig {
             )));
         }
         if self.apply == Apply::Interpolate
-            && (!sample || !callback || self.positions != Positions::Last)
+            && (!sample || !callback || !self.positions.at_last_token())
         {
             return Err(Error::Steering(
-                "the interpolate rule needs sample-level shifts, the callback mechanism and the last positions".into(),
+                "the interpolate rule needs sample-level shifts, the callback mechanism and the last or last-prompt positions".into(),
             ));
         }
         Ok(())

@@ -163,6 +163,53 @@ fn alpha_zero_is_bit_identical_to_no_steering() {
     }
 }
 
+/// Prefill logits and log-probabilities of a 4-token continuation, steered by `steering`.
+fn prefill_and_score(engine: &Engine, steering: Option<CmrmSteering>) -> (Vec<f32>, Vec<f32>) {
+    let options = SessionOptions::new().boxed_steering(steering.map(|s| Box::new(s) as _));
+    let mut session = Session::new(engine, options).unwrap();
+    let mut prefilled = session.prefill(&turn(&[noise()])).unwrap();
+    let logits = prefilled.logits().to_vec();
+    let answer = engine
+        .model()
+        .tokenize("You can't do that.", false, false)
+        .unwrap();
+    (logits, prefilled.score(&answer).unwrap())
+}
+
+#[test]
+fn last_prompt_positions_steer_the_prefill_only() {
+    let engine = engine();
+    let (_, shift) = sample_shift(&engine);
+    let cfg = |positions| SteerConfig {
+        alpha: 1.0,
+        apply: Apply::Increment,
+        layers: Layers::Range(1, 29),
+        positions,
+        text_only: false,
+    };
+    let (_, plain) = prefill_and_score(&engine, None);
+    let mut scores = Vec::new();
+    for m in [Mechanism::Cvec, Mechanism::Callback] {
+        let steer = |p| Some(CmrmSteering::dataset(&engine, shift.clone(), cfg(p), m).unwrap());
+        let (first_last, last) = prefill_and_score(&engine, steer(Positions::Last));
+        let (first_prompt, prompt) = prefill_and_score(&engine, steer(Positions::LastPrompt));
+        // The same last prompt token is steered; the answer tokens only under `last`.
+        assert_eq!(first_last, first_prompt, "{m:?}: prefill");
+        assert!(
+            max_abs_diff(&last, &prompt) > 1e-3,
+            "{m:?}: the answer was steered under last-prompt too"
+        );
+        // Unsteered answer tokens still see the steered prompt token in the cache.
+        assert!(max_abs_diff(&prompt, &plain) > 1e-4, "{m:?}: {prompt:?}");
+        scores.push(prompt);
+    }
+    let d = max_abs_diff(&scores[0], &scores[1]);
+    assert!(
+        d < 1e-3,
+        "cvec and callback disagree under last-prompt by {d}"
+    );
+}
+
 #[test]
 fn control_vector_and_callback_paths_agree() {
     let engine = engine();

@@ -96,7 +96,8 @@ pub struct RuleArgs {
     /// layer at ~70% depth).
     #[arg(long = "cmrm-layers", value_name = "A-B")]
     pub layers: Option<Layers>,
-    /// Steered tokens: last (last prompt token and generated tokens), after-image, all.
+    /// Steered tokens: last (last prompt token and generated tokens), last-prompt (the last
+    /// prompt token only), after-image, all.
     #[arg(long = "cmrm-positions")]
     pub positions: Option<Positions>,
     /// Meaningless image of sample-level shifts: blank, noise, noise:SEED, anchor (the input's

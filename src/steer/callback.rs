@@ -120,7 +120,7 @@ impl CallbackPhases {
 impl TurnHooks for CallbackPhases {
     fn split_last_token(&self) -> bool {
         self.lock()
-            .is_ok_and(|s| s.active && s.positions == Positions::Last)
+            .is_ok_and(|s| s.active && s.positions.at_last_token())
     }
 
     fn at(&mut self, _: &mut Context<'_>, phase: Phase) -> Result<()> {
@@ -132,11 +132,16 @@ impl TurnHooks for CallbackPhases {
                 s.at_last_token = false;
             }
             (Phase::Image, Positions::AfterImage) => s.armed = s.active,
-            (Phase::LastToken, Positions::Last) => {
+            (Phase::LastToken, Positions::Last | Positions::LastPrompt) => {
                 s.armed = s.active;
                 s.at_last_token = true;
             }
-            (Phase::Generation, _) => s.at_last_token = false,
+            (Phase::Generation, p) => {
+                s.at_last_token = false;
+                if p == Positions::LastPrompt {
+                    s.armed = false;
+                }
+            }
             (Phase::End, _) => {
                 s.armed = false;
                 s.active = false;

@@ -39,7 +39,7 @@ impl CvecSteering {
 
 impl TurnHooks for CvecSteering {
     fn split_last_token(&self) -> bool {
-        self.active && self.positions == Positions::Last
+        self.active && self.positions.at_last_token()
     }
 
     fn at(&mut self, ctx: &mut Context<'_>, phase: Phase) -> Result<()> {
@@ -52,8 +52,11 @@ impl TurnHooks for CvecSteering {
                     self.apply(ctx)?;
                 }
             }
-            (Phase::Image, Positions::AfterImage) | (Phase::LastToken, Positions::Last) => {
-                self.apply(ctx)?
+            (Phase::Image, Positions::AfterImage)
+            | (Phase::LastToken, Positions::Last | Positions::LastPrompt) => self.apply(ctx)?,
+            (Phase::Generation, Positions::LastPrompt) => {
+                ctx.set_control_vector(None)?;
+                self.set = false;
             }
             (Phase::End, _) => {
                 ctx.set_control_vector(None)?;
