@@ -15,7 +15,7 @@ use crate::math;
 use crate::media::{Corruption, Image};
 use crate::progress::Progress;
 use crate::session::{Layers, SteerConfig};
-use crate::vectors::{AnchorSet, CmrmVectors, Method, ModelId, Provenance};
+use crate::vectors::{AnchorSet, CmrmVectors, Method, ModelId, Provenance, Safety};
 
 /// Settings of a calibration run.
 #[derive(Clone, Debug)]
@@ -32,6 +32,9 @@ pub struct CalibrateOptions {
     pub recommended: SteerConfig,
     /// The anchor set, recorded in the file for the people who download it.
     pub anchor_set: Option<AnchorSet>,
+    /// ShiftDC: benign requests; with them the file also holds per-layer safety directions
+    /// (the anchors' mean text-only state minus the benign requests').
+    pub benign: Option<Vec<Item>>,
 }
 
 /// Calibrates over `anchors` and writes `out`; resumes from `<out>.partial`.
@@ -41,6 +44,12 @@ pub fn calibrate(
     opts: &CalibrateOptions,
     out: &Path,
 ) -> Result<CmrmVectors> {
+    if opts.benign.is_some() && opts.shard.is_some() {
+        return Err(Error::Invalid(
+            "safety directions (--benign) are measured in one run: calibrate them without --shard"
+                .into(),
+        ));
+    }
     let id = ModelId::of(engine)?;
     let width = id.n_layer * id.n_embd;
     let partial = partial_path(out);
@@ -86,7 +95,15 @@ pub fn calibrate(
     }
     done.retain(|(i, _)| todo.contains(i));
     let provenance = Provenance::now(opts.anchor_set.clone(), opts.system.clone());
-    let vectors = aggregate(id, opts, opts.corruption.file_name(), provenance, done)?;
+    let mut vectors = aggregate(id, opts, opts.corruption.file_name(), provenance, done)?;
+    if let Some(benign) = &opts.benign {
+        vectors.safety = Some(safety_directions(
+            &mut reader,
+            opts.system.as_deref(),
+            anchors,
+            benign,
+        )?);
+    }
     vectors.save(out)?;
     std::fs::remove_file(&partial).ok();
     Ok(vectors)
@@ -140,6 +157,48 @@ fn aggregate(
         },
         anchors,
         provenance,
+        safety: None,
+    })
+}
+
+/// ShiftDC's safety direction of every layer: the mean last-prompt-token state of the
+/// `harmful` requests minus that of the `benign` ones, both text-only (one prefill each).
+pub fn safety_directions(
+    reader: &mut StateReader<'_>,
+    system: Option<&str>,
+    harmful: &[Item],
+    benign: &[Item],
+) -> Result<Safety> {
+    if harmful.is_empty() || benign.is_empty() {
+        return Err(Error::Invalid(
+            "safety directions need at least one harmful and one benign request".into(),
+        ));
+    }
+    let mut bar = Progress::new("text-only requests", harmful.len() + benign.len(), 0);
+    let mut mean_states = |items: &[Item]| -> Result<Vec<Vec<f32>>> {
+        let mut states = Vec::with_capacity(items.len());
+        for item in items {
+            states.push(reader.states(system, &item.prompt, &[])?);
+            bar.inc();
+        }
+        let n_layer = states[0].len();
+        Ok((0..n_layer)
+            .map(|il| {
+                let layer: Vec<&[f32]> = states.iter().map(|s| s[il].as_slice()).collect();
+                math::mean(&layer)
+            })
+            .collect())
+    };
+    let unsafe_mean = mean_states(harmful)?;
+    let safe_mean = mean_states(benign)?;
+    Ok(Safety {
+        directions: unsafe_mean
+            .iter()
+            .zip(&safe_mean)
+            .map(|(u, s)| math::sub(u, s))
+            .collect(),
+        n_harmful: harmful.len(),
+        n_benign: benign.len(),
     })
 }
 
@@ -190,6 +249,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, method: Option<Method>) -> Result<C
         shard: None,
         recommended: first.recommended.clone(),
         anchor_set: None,
+        benign: None,
     };
     let v = aggregate(
         first.model.clone(),

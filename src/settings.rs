@@ -19,6 +19,19 @@ pub enum Apply {
     /// Sample-level, callback path: move the last prompt token's state at each layer
     /// `alpha` of the way to the text-only state, measured as the graph runs (no compounding).
     Interpolate,
+    /// ShiftDC (Zou et al. 2025): sample-level, callback path: remove from the last prompt
+    /// token's state at each layer `alpha` times the part of its modality shift (the state
+    /// minus the text-only state, measured as the graph runs) that lies along the vector
+    /// file's safety direction of that layer; the rest of what the image brings stays.
+    Project,
+}
+
+impl Apply {
+    /// Whether the rule measures the text-only state as the graph runs (sample-level,
+    /// callback path, from the last prompt token).
+    pub fn measures_live(self) -> bool {
+        matches!(self, Apply::Interpolate | Apply::Project)
+    }
 }
 
 /// Which tokens are steered.
@@ -61,7 +74,7 @@ macro_rules! named_enum {
     };
 }
 
-named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate");
+named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate", Apply::Project => "project");
 named_enum!(Positions, "a position set", Positions::Last => "last", Positions::LastPrompt => "last-prompt", Positions::AfterImage => "after-image", Positions::All => "all");
 
 /// Steered layers.
@@ -187,8 +200,8 @@ impl SteerConfig {
         cfg.additions(deltas)[1..].concat()
     }
 
-    /// Refuses settings that cannot work: a non-finite alpha, `interpolate` outside
-    /// sample-level callback steering on the last position.
+    /// Refuses settings that cannot work: a non-finite alpha, `interpolate` or `project`
+    /// outside sample-level callback steering on the last position.
     pub fn check(&self, sample: bool, callback: bool) -> Result<()> {
         if !self.alpha.is_finite() {
             return Err(Error::Steering(format!(
@@ -196,12 +209,11 @@ impl SteerConfig {
                 self.alpha
             )));
         }
-        if self.apply == Apply::Interpolate
-            && (!sample || !callback || !self.positions.at_last_token())
-        {
-            return Err(Error::Steering(
-                "the interpolate rule needs sample-level shifts, the callback mechanism and the last or last-prompt positions".into(),
-            ));
+        if self.apply.measures_live() && (!sample || !callback || !self.positions.at_last_token()) {
+            return Err(Error::Steering(format!(
+                "the {} rule needs sample-level shifts, the callback mechanism and the last or last-prompt positions",
+                self.apply
+            )));
         }
         Ok(())
     }

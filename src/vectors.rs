@@ -209,6 +209,20 @@ pub struct CmrmVectors {
     pub anchors: Option<(Vec<u64>, Vec<f32>)>,
     /// How and when it was made.
     pub provenance: Provenance,
+    /// Per-layer safety directions for ShiftDC's `project` rule, when calibrated with them.
+    pub safety: Option<Safety>,
+}
+
+/// ShiftDC's safety directions: per layer, the mean last-prompt-token state of text-only
+/// harmful requests minus that of benign ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Safety {
+    /// One row of `n_embd` per layer.
+    pub directions: Vec<Vec<f32>>,
+    /// Harmful requests averaged (the anchors).
+    pub n_harmful: usize,
+    /// Benign requests averaged.
+    pub n_benign: usize,
 }
 
 impl CmrmVectors {
@@ -282,6 +296,20 @@ impl CmrmVectors {
                 Value::Strs(ids.iter().map(u64::to_string).collect()),
             ));
             kv.push(("cmrm.anchor_deltas".into(), Value::F32s(data.clone())));
+        }
+        if let Some(safety) = &self.safety {
+            kv.push((
+                "cmrm.safety.directions".into(),
+                Value::F32s(safety.directions.concat()),
+            ));
+            kv.push((
+                "cmrm.safety.n_harmful".into(),
+                Value::U32(safety.n_harmful as u32),
+            ));
+            kv.push((
+                "cmrm.safety.n_benign".into(),
+                Value::U32(safety.n_benign as u32),
+            ));
         }
         let rows = self.control_rows(r);
         let tensors: Vec<(String, Vec<f32>)> = rows
@@ -453,6 +481,24 @@ impl CmrmVectors {
                 },
             })
         };
+        let safety = match h.get("cmrm.safety.directions") {
+            None => None,
+            Some(Value::F32s(d)) => {
+                if d.len() != n_embd * n_layer {
+                    return Err(format!(
+                        "cmrm.safety.directions holds {} values, expected {n_layer} layers x {n_embd}",
+                        d.len()
+                    ));
+                }
+                finite("cmrm.safety.directions", d)?;
+                Some(Safety {
+                    directions: d.chunks(n_embd).map(<[f32]>::to_vec).collect(),
+                    n_harmful: u("cmrm.safety.n_harmful")?,
+                    n_benign: u("cmrm.safety.n_benign")?,
+                })
+            }
+            Some(_) => return Err("cmrm.safety.directions must be an array of float32".into()),
+        };
         let mmproj_fingerprint = opt("cmrm.mmproj_fingerprint")?.unwrap_or_default();
         let anchors_set = match opt("cmrm.anchors.name")? {
             Some(name) => Some(AnchorSet {
@@ -487,6 +533,7 @@ impl CmrmVectors {
             deltas: deltas.chunks(n_embd).map(<[f32]>::to_vec).collect(),
             recommended,
             anchors,
+            safety,
         })
     }
 

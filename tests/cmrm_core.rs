@@ -269,6 +269,7 @@ fn anchors(n: usize) -> Vec<cmrm::data::Item> {
 fn options(shard: Option<(usize, usize)>) -> CalibrateOptions {
     CalibrateOptions {
         anchor_set: None,
+        benign: None,
         method: Method::Mean,
         corruption: Corruption::Noise(3),
         system: None,
@@ -636,4 +637,142 @@ fn steering_does_not_leak_into_the_next_unsteered_run() {
         last, plain,
         "a control vector of the previous run steered an unsteered one"
     );
+}
+
+#[test]
+fn shiftdc_removes_only_the_shift_along_the_safety_direction() {
+    let engine = engine();
+    let read = |f: &str| {
+        cmrm::data::read_jsonl(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("vendor/sets")
+                .join(f),
+        )
+        .unwrap()
+    };
+    let harmful = read("harmful-anchors.jsonl");
+    let benign = read("benign.jsonl");
+    let mut reader = StateReader::new(&engine).unwrap();
+    let safety =
+        calibrate::safety_directions(&mut reader, None, &harmful[..8], &benign[..8]).unwrap();
+    drop(reader);
+    assert_eq!((safety.n_harmful, safety.n_benign), (8, 8));
+
+    let layer = 20;
+    let cfg = SteerConfig {
+        alpha: 1.0,
+        apply: Apply::Project,
+        layers: Layers::Range(layer, layer),
+        positions: Positions::LastPrompt,
+        text_only: false,
+    };
+    let (_, text) = run(&engine, None, &[]);
+    let (_, image) = run(&engine, None, &[noise()]);
+    let steering = CmrmSteering::sample(
+        &engine,
+        Corruption::Anchor,
+        cfg.clone(),
+        Mechanism::Callback,
+    )
+    .unwrap()
+    .with_safety(Some(safety.directions.clone()))
+    .unwrap();
+    let (_, steered) = run(&engine, Some(steering), &[noise()]);
+    let s = &safety.directions[layer];
+    let along = |v: &[f32]| cmrm::math::dot_f32(v, s) / cmrm::math::norm(s);
+    let gap_before = cmrm::math::sub(&image[layer], &text[layer]);
+    let gap_after = cmrm::math::sub(&steered[layer], &text[layer]);
+    // The modality shift's component along the safety direction is gone ...
+    assert!(
+        along(&gap_after).abs() < 1e-3 * along(&gap_before).abs().max(1.0),
+        "along s: {} -> {}",
+        along(&gap_before),
+        along(&gap_after)
+    );
+    // ... the rest of it stays: the edit is parallel to s and smaller than the whole shift.
+    let edit = cmrm::math::sub(&steered[layer], &image[layer]);
+    assert!(cmrm::math::cosine(&edit, s).abs() > 0.999);
+    assert!(cmrm::math::norm(&gap_after) > 0.5 * cmrm::math::norm(&gap_before));
+
+    // Without safety directions the rule is refused with the way to get them.
+    let bare = CmrmSteering::sample(&engine, Corruption::Anchor, cfg, Mechanism::Callback).unwrap();
+    let options = SessionOptions::new().steering(bare);
+    let mut session = Session::new(&engine, options).unwrap();
+    let err = session
+        .prefill(&turn(&[noise()]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--method shiftdc --benign"), "{err}");
+}
+
+#[test]
+fn shiftdc_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("cmrm-shiftdc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let anchors = dir.join("anchors.jsonl");
+    let all = std::fs::read_to_string(vendor("sets/harmful-anchors.jsonl")).unwrap();
+    std::fs::write(&anchors, all.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
+    let benign = vendor("sets/benign.jsonl");
+    let out = dir.join("v.gguf");
+    let (m, p) = (model(), mmproj());
+    let calibrate = |extra: &[&str]| {
+        let mut a = vec!["calibrate", "-m", s(&m), "--mmproj", s(&p), "--anchors"];
+        a.extend([s(&anchors), "-o", s(&out)]);
+        a.extend(extra);
+        cmrm(&a)
+    };
+    // shiftdc without benign requests: refused before the model loads.
+    let o = calibrate(&["--method", "shiftdc"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--benign FILE") && !err.contains("llama"),
+        "{err}"
+    );
+
+    let o = calibrate(&["--method", "shiftdc", "--benign", s(&benign)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("safety directions from 3 harmful / 60 benign"),
+        "{err}"
+    );
+    let v = CmrmVectors::load(&out).unwrap();
+    let safety = v.safety.expect("safety directions stored");
+    assert_eq!((safety.n_harmful, safety.n_benign), (3, 60));
+    assert_eq!(safety.directions.len(), 30);
+
+    // Chat with the project rule reports ShiftDC in its audit.
+    let o = cmrm(&[
+        "chat",
+        "-m",
+        s(&m),
+        "--mmproj",
+        s(&p),
+        "--image",
+        s(&photo()),
+        "-p",
+        PROMPT,
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--cmrm",
+        s(&out),
+        "--cmrm-sample",
+        "--cmrm-path",
+        "callback",
+        "--cmrm-apply",
+        "project",
+        "--cmrm-positions",
+        "last-prompt",
+        "--cmrm-layers",
+        "15-29",
+        "-v",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("\"method\":\"shiftdc\""), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

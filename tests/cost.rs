@@ -25,6 +25,7 @@ fn calibrate_three(engine: &Engine, out: &std::path::Path) -> Vec<Vec<f32>> {
     anchors.truncate(3);
     let opts = CalibrateOptions {
         anchor_set: None,
+        benign: None,
         method: Method::Mean,
         corruption: Corruption::Blank,
         system: None,

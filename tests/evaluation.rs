@@ -243,6 +243,7 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
     let anchors = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
     let opts = cmrm::calibrate::CalibrateOptions {
         anchor_set: None,
+        benign: None,
         method: cmrm::vectors::Method::Mean,
         corruption: cmrm::media::Corruption::Noise(0),
         system: None,

@@ -273,6 +273,7 @@ fn a_torn_journal_line_is_redone_and_foreign_shards_are_not_merged() {
         let path = data.join(format!("s{i}-{corruption}.gguf"));
         let opts = cmrm::calibrate::CalibrateOptions {
             anchor_set: None,
+            benign: None,
             method: cmrm::vectors::Method::Mean,
             corruption,
             system: None,

@@ -245,6 +245,7 @@ fn a_control_vector_steers_cmrm_as_it_steers_llama_cpp() {
     anchors.truncate(4);
     let opts = cmrm::calibrate::CalibrateOptions {
         anchor_set: None,
+        benign: None,
         method: cmrm::vectors::Method::Mean,
         corruption: cmrm::media::Corruption::Noise(0),
         system: None,

@@ -180,6 +180,7 @@ fn vectors(dir: &Path) -> PathBuf {
     anchors.truncate(4);
     let opts = cmrm::calibrate::CalibrateOptions {
         anchor_set: None,
+        benign: None,
         method: cmrm::vectors::Method::Mean,
         corruption: cmrm::media::Corruption::Noise(0),
         system: None,

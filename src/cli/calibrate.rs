@@ -24,6 +24,27 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+/// `--method`: an aggregation of the per-anchor shifts, or `shiftdc` (their mean, plus
+/// ShiftDC's safety directions, which need `--benign`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CalibrationMethod {
+    Aggregate(Method),
+    ShiftDc,
+}
+
+impl std::str::FromStr for CalibrationMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shiftdc" => Ok(CalibrationMethod::ShiftDc),
+            _ => s
+                .parse()
+                .map(CalibrationMethod::Aggregate)
+                .map_err(|_| format!("{s:?} is not a method (mean, pca, shiftdc)")),
+        }
+    }
+}
+
 /// Flags of `cmrm calibrate`.
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
@@ -38,9 +59,15 @@ pub struct CalibrateArgs {
     /// Output vector file (default: <model-stem>.cmrm.gguf next to the model).
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
-    /// Aggregation of the per-anchor shifts: mean or pca.
+    /// Aggregation of the per-anchor shifts: mean or pca; shiftdc: the mean, plus ShiftDC's
+    /// per-layer safety directions from the anchors (harmful) and --benign, for
+    /// `--cmrm-apply project`.
     #[arg(long, default_value = "mean")]
-    method: Method,
+    method: CalibrationMethod,
+    /// Benign requests (JSONL, text only is used): with them the file also holds safety
+    /// directions (mean text-only state of the anchors minus that of these).
+    #[arg(long, value_name = "FILE")]
+    benign: Option<PathBuf>,
     /// Meaningless image: blank, noise, noise:SEED, anchor (each anchor's own image) or an
     /// image file.
     #[arg(long, default_value = "noise")]
@@ -67,6 +94,18 @@ pub struct CalibrateArgs {
 
 /// Runs calibration.
 pub fn run(args: CalibrateArgs) -> Result<()> {
+    if args.method == CalibrationMethod::ShiftDc && args.benign.is_none() {
+        anyhow::bail!("--method shiftdc needs --benign FILE: benign requests to contrast the anchors with (e.g. vendor/sets/benign.jsonl)");
+    }
+    if args.benign.is_some() && args.shard.is_some() {
+        anyhow::bail!(
+            "--benign cannot be sharded: measure the safety directions in one unsharded run"
+        );
+    }
+    let benign = match &args.benign {
+        Some(p) => Some(cmrm::data::read_jsonl(p)?),
+        None => None,
+    };
     let mut anchors = cmrm::data::read_jsonl(&args.anchors)?;
     let anchor_set = AnchorSet::of_file(&args.anchors, anchors.len())?;
     if let Some(n) = args.limit {
@@ -87,16 +126,26 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     super::files::check_output_file(&out)?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let opts = CalibrateOptions {
-        method: args.method,
+        method: match args.method {
+            CalibrationMethod::Aggregate(m) => m,
+            CalibrationMethod::ShiftDc => Method::Mean,
+        },
         corruption: args.corruption.clone(),
         system: args.system.clone(),
         shard: args.shard,
         recommended,
         anchor_set: Some(anchor_set),
+        benign,
     };
     let v = calibrate::calibrate(&engine, &anchors, &opts, &out)?;
+    let safety = v.safety.as_ref().map_or(String::new(), |s| {
+        format!(
+            ", safety directions from {} harmful / {} benign requests",
+            s.n_harmful, s.n_benign
+        )
+    });
     eprintln!(
-        "wrote {} ({} anchors, {}, corruption {})",
+        "wrote {} ({} anchors, {}, corruption {}{safety})",
         out.display(),
         v.n_anchors,
         v.method,

@@ -15,7 +15,7 @@ use cmrm::eval::utility::{self, UtilityRecord};
 use cmrm::eval::{Condition, Runner};
 use cmrm::media::Corruption;
 use cmrm::progress::Progress;
-use cmrm::session::{Layers, SteerConfig, SteerOverride};
+use cmrm::session::{Apply, Layers, SteerConfig, SteerOverride};
 use cmrm::steer::{Mechanism, Source};
 use cmrm::vectors::CmrmVectors;
 use cmrm::{CmrmSteering, Engine, EngineOptions};
@@ -149,10 +149,11 @@ fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
             "it applies to the cmrm-sample condition only",
         ));
     }
-    if (args.vectors.file.is_some() || args.vectors.force) && !dataset {
+    let project = sample && r.apply == Some(Apply::Project);
+    if (args.vectors.file.is_some() || args.vectors.force) && !dataset && !project {
         return Err(unused(
             "--cmrm/--force",
-            "no cmrm condition uses a vector file",
+            "no cmrm condition (nor cmrm-sample with --cmrm-apply project) uses a vector file",
         ));
     }
     let steering_flags = !args.alphas.is_empty()
@@ -179,7 +180,9 @@ impl ConditionPlan {
         let dataset = kinds.contains(&Kind::Cmrm);
         let sample = kinds.contains(&Kind::CmrmSample);
         refuse_unused(args, dataset, sample)?;
-        let vectors = if dataset {
+        // The project rule (ShiftDC) reads the vector file's safety directions.
+        let project = sample && args.rules.apply == Some(Apply::Project);
+        let vectors = if dataset || project {
             args.vectors.load(model, true)?
         } else {
             None
@@ -290,14 +293,22 @@ impl ConditionPlan {
                     .unwrap_or(Corruption::Noise(0)),
             )
         };
-        Ok(Some(CmrmSteering::new(
-            engine,
-            deltas,
-            source,
-            SteerConfig::default(),
-            self.args.rules.mechanism,
-            self.sample,
-        )?))
+        let safety = self
+            .vectors
+            .as_ref()
+            .and_then(|(_, v)| v.safety.as_ref())
+            .map(|s| s.directions.clone());
+        Ok(Some(
+            CmrmSteering::new(
+                engine,
+                deltas,
+                source,
+                SteerConfig::default(),
+                self.args.rules.mechanism,
+                self.sample,
+            )?
+            .with_safety(safety)?,
+        ))
     }
 
     /// The vector file of the dataset conditions.

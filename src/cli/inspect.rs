@@ -71,6 +71,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "recommended: alpha {} apply {} layers {first}-{last} positions {}",
         r.alpha, r.apply, r.positions
     );
+    if let Some(safety) = &v.safety {
+        println!(
+            "safety directions (ShiftDC, --cmrm-apply project): {} harmful vs {} benign requests",
+            safety.n_harmful, safety.n_benign
+        );
+    }
     if let Some((ids, _)) = &v.anchors {
         println!(
             "per-anchor shifts kept: {} (a shard; merge with `cmrm merge`)",
@@ -157,6 +163,10 @@ fn as_json(args: &InspectArgs, v: &CmrmVectors, deltas: &[f32], dirs: &[Option<f
         "corruption": v.corruption,
         "n_anchors": v.n_anchors,
         "shard_anchors": v.anchors.as_ref().map(|(ids, _)| ids.len()),
+        "safety_directions": v.safety.as_ref().map(|s| json!({
+            "n_harmful": s.n_harmful,
+            "n_benign": s.n_benign,
+        })),
         "recommended": {
             "alpha": r.alpha,
             "apply": r.apply.to_string(),

@@ -239,6 +239,7 @@ impl SteerArgs {
             }
             None => None,
         };
+        let safety = safety_of(&plan);
         let steerings = (0..slots)
             .map(|_| {
                 CmrmSteering::new(
@@ -248,7 +249,8 @@ impl SteerArgs {
                     plan.config.clone(),
                     plan.mechanism,
                     true,
-                )
+                )?
+                .with_safety(safety.clone())
             })
             .collect::<Result<Vec<_>, _>>()?;
         let defaults = SteerOverride {
@@ -280,6 +282,7 @@ impl SteerArgs {
             );
         }
         let sample_ready = matches!(plan.source, Source::Sample(_));
+        let safety = safety_of(&plan);
         Ok(CmrmSteering::new(
             engine,
             deltas,
@@ -287,6 +290,15 @@ impl SteerArgs {
             plan.config,
             plan.mechanism,
             sample_ready,
-        )?)
+        )?
+        .with_safety(safety)?)
     }
+}
+
+/// The vector file's safety directions (for `--cmrm-apply project`), if it has them.
+fn safety_of(plan: &SteerPlan) -> Option<Vec<Vec<f32>>> {
+    plan.vectors
+        .as_ref()
+        .and_then(|(_, v)| v.safety.as_ref())
+        .map(|s| s.directions.clone())
 }

@@ -24,6 +24,8 @@ pub struct CallbackSteering {
     armed: bool,
     /// The decode of the last prompt token is running (interpolation measures then).
     at_last_token: bool,
+    /// Per-layer directions the move toward the targets is projected on (ShiftDC).
+    directions: Option<Vec<Vec<f32>>>,
 }
 
 impl CallbackSteering {
@@ -39,6 +41,7 @@ impl CallbackSteering {
             active: false,
             armed: false,
             at_last_token: false,
+            directions: None,
         }))
     }
 
@@ -46,14 +49,22 @@ impl CallbackSteering {
     pub fn set_deltas(&mut self, deltas: &[Vec<f32>], config: &SteerConfig) {
         self.additions = config.additions(deltas);
         self.targets = None;
+        self.directions = None;
         self.configure(config, deltas.len());
     }
 
-    /// Interpolates toward `targets` (per-layer states of the text-only input) instead.
-    pub fn set_targets(&mut self, targets: Vec<Vec<f32>>, config: &SteerConfig) {
+    /// Moves toward `targets` (per-layer states of the text-only input) instead: all the way
+    /// times alpha, or with `directions` (ShiftDC's safety directions) only along them.
+    pub fn set_targets(
+        &mut self,
+        targets: Vec<Vec<f32>>,
+        config: &SteerConfig,
+        directions: Option<Vec<Vec<f32>>>,
+    ) {
         self.additions = targets.iter().map(|t| vec![0.0; t.len()]).collect();
         self.configure(config, targets.len());
         self.targets = Some(targets);
+        self.directions = directions;
     }
 
     fn configure(&mut self, config: &SteerConfig, n_layer: usize) {
@@ -91,11 +102,21 @@ impl GraphHook for CallbackSteering {
         if let (Some(targets), true) = (&self.targets, self.at_last_token) {
             // Measure this layer's remaining gap on the state earlier edits produced.
             let row = t.read_row(t.n_rows() - 1);
-            self.additions[il] = targets[il]
-                .iter()
-                .zip(&row)
-                .map(|(target, h)| self.alpha * (target - h))
-                .collect();
+            let gap: Vec<f32> = targets[il].iter().zip(&row).map(|(t, h)| t - h).collect();
+            self.additions[il] = match &self.directions {
+                // ShiftDC: only the gap's component along the safety direction.
+                Some(dirs) => {
+                    let s = &dirs[il];
+                    let norm2 = crate::math::dot_f32(s, s);
+                    let k = if norm2 > 0.0 {
+                        self.alpha * (crate::math::dot_f32(&gap, s) / norm2) as f32
+                    } else {
+                        0.0
+                    };
+                    s.iter().map(|x| k * x).collect()
+                }
+                None => gap.iter().map(|g| self.alpha * g).collect(),
+            };
         }
         let add = &self.additions[il];
         for r in 0..t.n_rows() {

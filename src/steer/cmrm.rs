@@ -68,6 +68,8 @@ pub struct CmrmSteering {
     capture: Option<Arc<Mutex<LayerCapture>>>,
     /// Fixed corruption images, loaded once.
     corruption_images: Vec<(Corruption, Image)>,
+    /// Per-layer safety directions (a vector file's, for ShiftDC's `project` rule).
+    safety: Option<Vec<Vec<f32>>>,
 }
 
 impl CmrmSteering {
@@ -123,7 +125,25 @@ impl CmrmSteering {
                 .then(|| CallbackSteering::shared(n_layer, n_embd)),
             capture: (sample || sample_ready).then(|| LayerCapture::all_layers(n_layer)),
             corruption_images: Vec::new(),
+            safety: None,
         })
+    }
+
+    /// Adds the per-layer safety directions that the `project` rule (ShiftDC) needs.
+    pub fn with_safety(mut self, directions: Option<Vec<Vec<f32>>>) -> Result<Self> {
+        if let Some(d) = &directions {
+            if d.len() != self.n_layer || d.iter().any(|r| r.len() != self.n_embd) {
+                return Err(Error::Steering(format!(
+                    "the safety directions have {} layers of {} but the model has {} of {}",
+                    d.len(),
+                    d.first().map_or(0, Vec::len),
+                    self.n_layer,
+                    self.n_embd
+                )));
+            }
+        }
+        self.safety = directions;
+        Ok(self)
     }
 
     /// Dataset-level steering with fixed shifts.
@@ -274,7 +294,14 @@ impl Steering for CmrmSteering {
             applied: true,
             reason: None,
             source: Some(if sample { "sample" } else { "dataset" }.into()),
-            method: Some("cmrm".into()),
+            method: Some(
+                if config.apply == Apply::Project {
+                    "shiftdc"
+                } else {
+                    "cmrm"
+                }
+                .into(),
+            ),
             alpha: Some(config.alpha),
             layers: Some(config.layer_range(self.n_layer)),
             positions: Some(config.positions.to_string()),
@@ -290,9 +317,17 @@ impl Steering for CmrmSteering {
                 turn.system.unwrap_or("")
             )) ^ turn.images.iter().fold(0, |h, i| h ^ i.hash());
             let text_states = self.states(probe, turn, &[])?;
-            if config.apply == Apply::Interpolate {
+            if config.apply.measures_live() {
+                let directions = match config.apply {
+                    Apply::Project => Some(self.safety.clone().ok_or_else(|| {
+                        Error::Steering(
+                            "the project rule (ShiftDC) needs safety directions: calibrate with --method shiftdc --benign FILE".into(),
+                        )
+                    })?),
+                    _ => None,
+                };
                 let cb = self.callback.clone().expect("checked: callback mechanism");
-                lock_cb(&cb)?.set_targets(text_states, &config);
+                lock_cb(&cb)?.set_targets(text_states, &config, directions);
                 Box::new(CallbackPhases(cb))
             } else {
                 let corrupt = self.corruption_image(&corruption, turn)?;
