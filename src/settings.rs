@@ -86,6 +86,8 @@ pub enum Layers {
     Default,
     /// An inclusive range (clamped to the model).
     Range(usize, usize),
+    /// From the middle layer to the last (ShiftDC's published setting).
+    UpperHalf,
 }
 
 impl Layers {
@@ -97,18 +99,22 @@ impl Layers {
                 (l, l)
             }
             Layers::Range(a, b) => (a.min(n_layer - 1), b.min(n_layer - 1)),
+            Layers::UpperHalf => (n_layer / 2, n_layer - 1),
         }
     }
 }
 
 impl FromStr for Layers {
     type Err = String;
-    /// `A-B` (inclusive), a single layer `A`, or `default`.
+    /// `A-B` (inclusive), a single layer `A`, `default` or `upper-half`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s == "default" {
-            return Ok(Layers::Default);
+        match s {
+            "default" => return Ok(Layers::Default),
+            "upper-half" => return Ok(Layers::UpperHalf),
+            _ => {}
         }
-        let bad = || format!("{s:?} is not a layer range (A-B, a single layer A, or default)");
+        let bad =
+            || format!("{s:?} is not a layer range (A-B, a single layer A, default or upper-half)");
         let (a, b) = s.split_once('-').unwrap_or((s, s));
         let a: usize = a.trim().parse().map_err(|_| bad())?;
         let b: usize = b.trim().parse().map_err(|_| bad())?;
@@ -123,6 +129,7 @@ impl fmt::Display for Layers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Layers::Default => f.write_str("default"),
+            Layers::UpperHalf => f.write_str("upper-half"),
             Layers::Range(a, b) if a == b => write!(f, "{a}"),
             Layers::Range(a, b) => write!(f, "{a}-{b}"),
         }

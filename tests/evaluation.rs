@@ -297,3 +297,75 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
     );
     assert_eq!(v.recommended.apply, cmrm::session::Apply::Total);
 }
+
+#[test]
+fn methods_and_positions_are_conditions_of_one_run() {
+    let dir = tmp("methods");
+    let anchors = subset("harmful-anchors.jsonl", 2, "methods-anchors");
+    let benign = subset("benign.jsonl", 4, "methods-benign");
+    let data = subset("harmful-eval.jsonl", 2, "methods-data");
+    let plain = dir.join("plain.gguf");
+    let with_safety = dir.join("shiftdc.gguf");
+    for (out, extra) in [
+        (&plain, vec![]),
+        (
+            &with_safety,
+            vec!["--method", "shiftdc", "--benign", s(&benign)],
+        ),
+    ] {
+        let mut a = vec!["calibrate".to_string()];
+        a.extend(model_args());
+        a.extend(["--anchors", s(&anchors), "-o", s(out)].map(String::from));
+        a.extend(extra.into_iter().map(String::from));
+        run_ok(&a);
+    }
+    let fidelity = |vectors: &Path, out: &Path| {
+        let mut a = vec!["eval".to_string(), "fidelity".into()];
+        a.extend(model_args());
+        a.extend(
+            [
+                "--data",
+                s(&data),
+                "--out",
+                s(out),
+                "--conditions",
+                "image,interpolate,shiftdc",
+                "--positions-grid",
+                "last,last-prompt",
+                "--cmrm",
+                s(vectors),
+                "--json",
+            ]
+            .map(String::from),
+        );
+        Command::new(env!("CARGO_BIN_EXE_cmrm"))
+            .args(&a)
+            .output()
+            .unwrap()
+    };
+    // A file without safety directions is refused for shiftdc before the model loads.
+    let o = fidelity(&plain, &dir.join("refused"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--method shiftdc --benign"), "{err}");
+
+    let o = fidelity(&with_safety, &dir.join("ok"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<String> = summary
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["condition"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "image",
+        "interpolate@1 last",
+        "interpolate@1 last-prompt",
+        "shiftdc@1 last",
+        "shiftdc@1 last-prompt",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+}

@@ -15,7 +15,7 @@ use cmrm::eval::utility::{self, UtilityRecord};
 use cmrm::eval::{Condition, Runner};
 use cmrm::media::Corruption;
 use cmrm::progress::Progress;
-use cmrm::session::{Apply, Layers, SteerConfig, SteerOverride};
+use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
 use cmrm::steer::{Mechanism, Source};
 use cmrm::vectors::CmrmVectors;
 use cmrm::{CmrmSteering, Engine, EngineOptions};
@@ -87,6 +87,18 @@ pub enum Kind {
     Cmrm,
     /// The image with sample-level CMRM.
     CmrmSample,
+    /// The image with sample-level CMRM's interpolate rule (callback path).
+    Interpolate,
+    /// The image with ShiftDC: the project rule on the vector file's safety directions
+    /// (sample-level, callback path; by default the last prompt token of layers L/2..L-1).
+    Shiftdc,
+}
+
+impl Kind {
+    /// Whether the condition measures the input's own shift.
+    fn is_sample(self) -> bool {
+        matches!(self, Kind::CmrmSample | Kind::Interpolate | Kind::Shiftdc)
+    }
 }
 
 /// How the CMRM conditions steer: flags shared by the evaluation commands and the sweep.
@@ -104,6 +116,15 @@ pub struct GridArgs {
         conflicts_with = "layers"
     )]
     pub layer_grid: Vec<Layers>,
+    /// Position sets of the CMRM conditions, comma-separated, one condition each (e.g.
+    /// last,last-prompt; instead of --cmrm-positions).
+    #[arg(
+        long = "positions-grid",
+        value_delimiter = ',',
+        value_name = "LIST",
+        conflicts_with = "positions"
+    )]
+    pub positions_grid: Vec<Positions>,
     #[command(flatten)]
     pub vectors: VectorArgs,
     #[command(flatten)]
@@ -113,7 +134,8 @@ pub struct GridArgs {
 /// Conditions and how to run them.
 #[derive(Args, Debug, Clone)]
 pub struct ConditionArgs {
-    /// Conditions: text (image removed), image (no CMRM), cmrm (dataset vectors), cmrm-sample.
+    /// Conditions: text (image removed), image (no CMRM), cmrm (dataset vectors), cmrm-sample,
+    /// interpolate, shiftdc (the last two on the callback path).
     #[arg(
         long,
         value_delimiter = ',',
@@ -136,11 +158,12 @@ pub struct ConditionPlan {
     list: Vec<Named>,
     vectors: Option<(PathBuf, CmrmVectors)>,
     sample: bool,
+    mechanism: Mechanism,
     args: GridArgs,
 }
 
 /// Refuses flags the conditions would ignore.
-fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
+fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool, project: bool) -> Result<()> {
     let r = &args.rules;
     let unused = |flag: &str, why: &str| anyhow::anyhow!("{flag} would be ignored: {why}");
     if r.corruption.is_some() && !sample {
@@ -149,7 +172,6 @@ fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
             "it applies to the cmrm-sample condition only",
         ));
     }
-    let project = sample && r.apply == Some(Apply::Project);
     if (args.vectors.file.is_some() || args.vectors.force) && !dataset && !project {
         return Err(unused(
             "--cmrm/--force",
@@ -158,6 +180,7 @@ fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
     }
     let steering_flags = !args.alphas.is_empty()
         || !args.layer_grid.is_empty()
+        || !args.positions_grid.is_empty()
         || r.apply.is_some()
         || r.layers.is_some()
         || r.positions.is_some()
@@ -165,7 +188,7 @@ fn refuse_unused(args: &GridArgs, dataset: bool, sample: bool) -> Result<()> {
     if steering_flags && !dataset && !sample {
         return Err(unused(
             "the --alpha/--cmrm-* flags",
-            "no condition steers (add cmrm or cmrm-sample to --conditions)",
+            "no condition steers (add cmrm, cmrm-sample, interpolate or shiftdc to --conditions)",
         ));
     }
     Ok(())
@@ -178,16 +201,33 @@ impl ConditionPlan {
         let grid = &args.layer_grid;
         anyhow::ensure!(!kinds.is_empty(), "no condition to run (--conditions)");
         let dataset = kinds.contains(&Kind::Cmrm);
-        let sample = kinds.contains(&Kind::CmrmSample);
-        refuse_unused(args, dataset, sample)?;
+        let sample = kinds.iter().any(|k| k.is_sample());
         // The project rule (ShiftDC) reads the vector file's safety directions.
-        let project = sample && args.rules.apply == Some(Apply::Project);
+        let project = kinds.contains(&Kind::Shiftdc)
+            || (kinds.contains(&Kind::CmrmSample) && args.rules.apply == Some(Apply::Project));
+        refuse_unused(args, dataset, sample, project)?;
         let vectors = if dataset || project {
             args.vectors.load(model, true)?
         } else {
             None
         };
-        let callback = args.rules.mechanism == Mechanism::Callback;
+        if let Some((path, _)) = vectors
+            .as_ref()
+            .filter(|(_, v)| project && v.safety.is_none())
+        {
+            anyhow::bail!(
+                "{}: no safety directions for shiftdc (--cmrm-apply project); calibrate with --method shiftdc --benign FILE",
+                path.display()
+            );
+        }
+        // The conditions share one steering: the callback path when one of them needs it (the
+        // two paths give the same logits where both apply).
+        let mechanism = if kinds.contains(&Kind::Interpolate) || kinds.contains(&Kind::Shiftdc) {
+            Mechanism::Callback
+        } else {
+            args.rules.mechanism
+        };
+        let callback = mechanism == Mechanism::Callback;
         let corruption = args
             .rules
             .corruption
@@ -222,11 +262,42 @@ impl ConditionPlan {
                         .unwrap_or_default(),
                 ),
                 Kind::CmrmSample => ("cmrm-sample", SteerConfig::default()),
+                Kind::Interpolate => (
+                    "interpolate",
+                    SteerConfig {
+                        apply: Apply::Interpolate,
+                        ..SteerConfig::default()
+                    },
+                ),
+                Kind::Shiftdc => (
+                    "shiftdc",
+                    SteerConfig {
+                        apply: Apply::Project,
+                        layers: Layers::UpperHalf,
+                        positions: Positions::LastPrompt,
+                        ..SteerConfig::default()
+                    },
+                ),
             };
-            for layers in &grid {
+            let positions: Vec<Option<Positions>> = if args.positions_grid.is_empty() {
+                vec![None]
+            } else {
+                args.positions_grid.iter().copied().map(Some).collect()
+            };
+            for (layers, pos) in grid
+                .iter()
+                .flat_map(|l| positions.iter().map(move |p| (l, p)))
+            {
                 let mut config = args.rules.config(base.clone());
+                if matches!(kind, Kind::Interpolate | Kind::Shiftdc) {
+                    // The rule is what the condition is.
+                    config.apply = base.apply;
+                }
                 if let Some(l) = layers {
                     config.layers = *l;
+                }
+                if let Some(p) = pos {
+                    config.positions = *p;
                 }
                 let alphas = if args.alphas.is_empty() {
                     vec![config.alpha]
@@ -238,12 +309,15 @@ impl ConditionPlan {
                         alpha: a,
                         ..config.clone()
                     };
-                    let is_sample = kind == Kind::CmrmSample;
+                    let is_sample = kind.is_sample();
                     cfg.check(is_sample, callback)?;
-                    let name = match layers {
+                    let mut name = match layers {
                         Some(l) => format!("{prefix}@{a} L{l}"),
                         None => format!("{prefix}@{a}"),
                     };
+                    if let Some(p) = pos {
+                        name = format!("{name} {p}");
+                    }
                     let o = SteerOverride {
                         enabled: Some(true),
                         sample: Some(is_sample),
@@ -266,6 +340,7 @@ impl ConditionPlan {
             list,
             vectors,
             sample,
+            mechanism,
             args: args.clone(),
         })
     }
@@ -304,7 +379,7 @@ impl ConditionPlan {
                 deltas,
                 source,
                 SteerConfig::default(),
-                self.args.rules.mechanism,
+                self.mechanism,
                 self.sample,
             )?
             .with_safety(safety)?,

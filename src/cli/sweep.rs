@@ -37,7 +37,12 @@ pub struct SweepArgs {
     /// Use only the first N benign items.
     #[arg(long = "benign-limit")]
     benign_limit: Option<usize>,
-    /// The grid: --alpha LIST and --layer-grid LIST, plus the other --cmrm-* flags.
+    /// Methods to sweep, one set of conditions each: cmrm (dataset vectors), cmrm-sample,
+    /// interpolate, shiftdc.
+    #[arg(long, value_delimiter = ',', default_value = "cmrm")]
+    methods: Vec<Kind>,
+    /// The grid: --alpha LIST, --layer-grid LIST and --positions-grid LIST, plus the other
+    /// --cmrm-* flags.
     #[command(flatten)]
     grid: GridArgs,
     /// Answer tokens for the safety judge.
@@ -72,10 +77,24 @@ pub fn run(args: SweepArgs) -> Result<()> {
         benign.truncate(n);
     }
     super::files::check_images(&args.benign, &benign)?;
-    if args.grid.layer_grid.is_empty() && args.grid.rules.layers.is_none() {
+    if let Some(k) = args
+        .methods
+        .iter()
+        .find(|k| matches!(k, Kind::Text | Kind::Image))
+    {
+        anyhow::bail!(
+            "--methods {k:?} is not a method: the sweep always runs the image baseline; methods are cmrm, cmrm-sample, interpolate, shiftdc"
+        );
+    }
+    if args.methods.contains(&Kind::Cmrm)
+        && args.grid.layer_grid.is_empty()
+        && args.grid.rules.layers.is_none()
+    {
         anyhow::bail!("the sweep needs its layers: --layer-grid LIST (e.g. 12,16,20), with --alpha LIST for the alphas");
     }
-    let kinds = [Kind::Image, Kind::Cmrm];
+    let kinds: Vec<Kind> = std::iter::once(Kind::Image)
+        .chain(args.methods.iter().copied())
+        .collect();
     let plan = ConditionPlan::new(&kinds, &args.grid, &args.model)?;
     let vector_file = plan.vector_file().map(|p| p.to_path_buf());
     let engine = Engine::load(args.model.engine_options()?)?;
@@ -114,12 +133,30 @@ pub fn run(args: SweepArgs) -> Result<()> {
             })
         })
         .collect();
-    let best = rows.iter().filter(|r| r.qualifies).min_by(|a, b| {
-        a.safety
-            .unsafe_rate
-            .total_cmp(&b.safety.unsafe_rate)
-            .then_with(|| alpha(&conds, &a.condition).total_cmp(&alpha(&conds, &b.condition)))
-    });
+    // The lowest unsafe rate among qualifying rows (ties: the smaller alpha).
+    let pick = |dataset_only: bool| {
+        rows.iter()
+            .filter(|r| r.qualifies && (!dataset_only || r.condition.starts_with("cmrm@")))
+            .min_by(|a, b| {
+                a.safety
+                    .unsafe_rate
+                    .total_cmp(&b.safety.unsafe_rate)
+                    .then_with(|| {
+                        alpha(&conds, &a.condition).total_cmp(&alpha(&conds, &b.condition))
+                    })
+            })
+    };
+    // A vector file's recommended settings are dataset-level (a control vector): what
+    // --write-default stores is the best dataset-level row.
+    let best = pick(args.write_default);
+    if args.write_default {
+        if let Some(b) = pick(false).filter(|b| !b.condition.starts_with("cmrm@")) {
+            eprintln!(
+                "best overall: {} (sample-level: run it with its flags; the file stores the best dataset-level row)",
+                b.condition
+            );
+        }
+    }
     let mut md = String::from("| condition | unsafe rate [95% CI] | benign over-refusal | perplexity | MC accuracy | qualifies |\n|---|---|---:|---:|---:|---|\n");
     for r in &rows {
         md.push_str(&format!(
