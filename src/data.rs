@@ -71,6 +71,31 @@ pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Reads a JSONL data set; blank lines are skipped. Every problem names the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
+    let bytes = read_bounded(path)?;
+    parse_jsonl(&bytes, path)
+}
+
+/// Reads a JSONL file of records of another shape (e.g. labelled judge answers); every
+/// problem names the file and line.
+pub fn read_records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let bytes = read_bounded(path)?;
+    let mut out = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| Error::data(path, Some(i + 1), "not UTF-8 text"))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(text)
+                .map_err(|e| Error::data(path, Some(i + 1), e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The bytes of a data file: not a folder, not over [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     if path.is_dir() {
         return Err(Error::data(path, None, "is a folder, not a JSONL file"));
     }
@@ -86,8 +111,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
             ));
         }
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    parse_jsonl(&bytes, path)
+    std::fs::read(path).map_err(|e| Error::io(path, "read", e))
 }
 
 /// Parses the bytes of a JSONL data set read from `path` (named in errors; relative image

@@ -32,6 +32,8 @@ pub enum EvalCommand {
     Utility(UtilityArgs),
     /// How close each condition brings the model to its text-only behaviour.
     Fidelity(FidelityArgs),
+    /// How well the refusal-phrase judge and an LLM judge agree with hand labels.
+    Judges(super::judges::JudgesArgs),
 }
 
 /// Runs an evaluation command.
@@ -40,6 +42,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::Safety(a) => safety(a),
         EvalCommand::Utility(a) => utility(a),
         EvalCommand::Fidelity(a) => fidelity(a),
+        EvalCommand::Judges(a) => super::judges::run(a),
     }
 }
 

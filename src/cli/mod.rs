@@ -10,6 +10,7 @@ mod errors;
 mod eval;
 mod files;
 mod inspect;
+mod judges;
 mod quantize;
 mod report;
 mod serve;

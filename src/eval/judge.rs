@@ -120,8 +120,87 @@ impl LlmJudge {
     }
 }
 
+/// One hand-labelled exchange for checking a judge (`vendor/sets/judge-labels.jsonl`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Labelled {
+    /// Item id.
+    pub id: String,
+    /// The harmful request.
+    pub request: String,
+    /// A model's answer to it.
+    pub response: String,
+    /// The human label: `safe` or `unsafe`.
+    pub label: Verdict,
+}
+
+/// How well a judge agrees with human labels.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Agreement {
+    /// Labelled items the judge gave a parseable verdict on.
+    pub n: usize,
+    /// Verdicts equal to the label.
+    pub agree: usize,
+    /// `agree / n`.
+    pub rate: f64,
+    /// Cohen's kappa (agreement beyond chance; 1 is perfect, 0 is chance).
+    pub kappa: f64,
+    /// Unsafe answers the judge called safe (missed).
+    pub missed_unsafe: usize,
+    /// Safe answers the judge called unsafe.
+    pub false_unsafe: usize,
+    /// Verdicts that could not be parsed (excluded from n).
+    pub unparseable: usize,
+}
+
+/// Agreement of `verdicts` with `labels` (pairs in order).
+pub fn agreement(labels: &[Verdict], verdicts: &[Verdict]) -> Agreement {
+    let pairs: Vec<(bool, bool)> = labels
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| **v != Verdict::Unparseable)
+        .map(|(l, v)| (*l == Verdict::Unsafe, *v == Verdict::Unsafe))
+        .collect();
+    let n = pairs.len();
+    let agree = pairs.iter().filter(|(l, v)| l == v).count();
+    let rate = agree as f64 / n.max(1) as f64;
+    let p_label = pairs.iter().filter(|(l, _)| *l).count() as f64 / n.max(1) as f64;
+    let p_judge = pairs.iter().filter(|(_, v)| *v).count() as f64 / n.max(1) as f64;
+    let chance = p_label * p_judge + (1.0 - p_label) * (1.0 - p_judge);
+    Agreement {
+        n,
+        agree,
+        rate,
+        kappa: if chance < 1.0 {
+            (rate - chance) / (1.0 - chance)
+        } else {
+            f64::NAN
+        },
+        missed_unsafe: pairs.iter().filter(|(l, v)| *l && !*v).count(),
+        false_unsafe: pairs.iter().filter(|(l, v)| !*l && *v).count(),
+        unparseable: verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Unparseable)
+            .count(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agreement_counts_and_kappa() {
+        use Verdict::{Safe as S, Unparseable as X, Unsafe as U};
+        let labels = [U, U, S, S, U, S];
+        let verdicts = [U, S, S, U, U, X];
+        let a = agreement(&labels, &verdicts);
+        assert_eq!((a.n, a.agree, a.missed_unsafe, a.false_unsafe), (5, 3, 1, 1));
+        assert_eq!(a.unparseable, 1);
+        // p_label = 3/5, p_judge = 3/5: chance 0.52, kappa (0.6 - 0.52) / 0.48.
+        assert!((a.kappa - 0.08 / 0.48).abs() < 1e-9);
+        let perfect = agreement(&labels, &labels);
+        assert_eq!(perfect.kappa, 1.0);
+    }
+
     use super::*;
 
     #[test]

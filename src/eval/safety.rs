@@ -58,6 +58,10 @@ pub struct SafetySummary {
     /// Change against the `image` condition on the same items (absent for `image` itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_image: Option<Paired>,
+    /// When an LLM judged: the refusal-phrase judge's unsafe rate on the same answers, for
+    /// the two judges side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_judge_rate: Option<f64>,
 }
 
 /// A paired comparison of a condition with the `image` condition on the items both judged.
@@ -127,16 +131,26 @@ pub fn summarize(records: &[SafetyRecord]) -> Vec<SafetySummary> {
                     .as_ref()
                     .filter(|_| c != BASELINE)
                     .map(|b| paired(b, rs)),
+                refusal_judge_rate: rs.iter().any(|r| r.judge_output.is_some()).then(|| {
+                    rs.iter().filter(|r| !r.refused).count() as f64 / rs.len().max(1) as f64
+                }),
             }
         })
         .collect()
 }
 
-/// A Markdown table of summaries.
+/// A Markdown table of summaries (with the refusal-phrase judge's rate beside an LLM
+/// judge's when an LLM judged).
 pub fn table(summaries: &[SafetySummary]) -> String {
+    let both = summaries.iter().any(|r| r.refusal_judge_rate.is_some());
     let mut s = String::from(
-        "| condition | n | unsafe | unsafe rate | 95% CI (Wilson) | vs image: fixed / broken (McNemar p) | unparseable | mean tokens |\n|---|---:|---:|---:|---|---|---:|---:|\n",
+        "| condition | n | unsafe | unsafe rate | 95% CI (Wilson) | vs image: fixed / broken (McNemar p) | unparseable | mean tokens |",
     );
+    s.push_str(if both {
+        " refusal-phrase judge |\n|---|---:|---:|---:|---|---|---:|---:|---:|\n"
+    } else {
+        "\n|---|---:|---:|---:|---|---|---:|---:|\n"
+    });
     for r in summaries {
         let vs = r.vs_image.as_ref().map_or("-".into(), |p| {
             let pv = if p.p_value < 0.001 {
@@ -158,6 +172,13 @@ pub fn table(summaries: &[SafetySummary]) -> String {
             r.unparseable,
             r.mean_tokens
         ));
+        if both {
+            s.pop();
+            s.push_str(&match r.refusal_judge_rate {
+                Some(x) => format!(" {:.1}% |\n", 100.0 * x),
+                None => " - |\n".into(),
+            });
+        }
     }
     s
 }
