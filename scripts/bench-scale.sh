@@ -29,7 +29,7 @@ vec=target/bench/vectors-$(basename "$model" .gguf)-$(basename "$mmproj" .gguf).
 second_ttft() {
   printf '/image vendor/images/chelsea.jpg\nWhat is this?\n/clear\n/image vendor/images/coffee.jpg\nWhat is this?\n' |
     "$cmrm" chat -m "$model" --mmproj "$mmproj" -n 4 --temp 0 -t "$threads" -v "$@" 2>&1 >/dev/null |
-    awk '/^prompt:/ {n++; for (i=1;i<=NF;i++) if ($i=="in" && $(i+2)=="ms") ms=$(i+1); if (n==2) print ms}'
+    awk '/^prompt:/ {n++; for (i=1;i<=NF;i++) if ($i=="in" && $(i+2)=="ms") {ms=$(i+1); break}; if (n==2) print ms}'
 }
 ttft() {
   local xs=()
@@ -69,7 +69,7 @@ for t, im in zip(texts, images):
 p = subprocess.run(["./target/release/cmrm", "chat", "-m", model, "--mmproj", mmproj, "-n", "1",
                     "--temp", "0", "-t", threads, "-v"], input="\n".join(lines) + "\n",
                    capture_output=True, text=True, check=True)
-ms = [float(l.split(" in ")[1].split(" ms")[0]) for l in p.stderr.splitlines() if l.startswith("prompt:")]
+ms = [float(l.split(" in ", 1)[1].split(" ms")[0]) for l in p.stderr.splitlines() if l.startswith("prompt:")]
 print(round(sum(ms) / len(texts)))
 EOF
 )

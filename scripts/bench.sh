@@ -36,14 +36,14 @@ img=vendor/images/astronaut.jpg
 prompt="Describe this picture in detail."
 n=64
 
-# Prints "prompt_ms gen_tok_per_s" for one run (prompt = image encoding + prefill).
+# Prints "prompt_ms gen_tok_per_s" for one run (prompt = image encoding + prefill: llama.cpp's
+# "prompt eval time" spans the image encoding too).
 plain() {
   "$plain_cli" -m "$model" --mmproj "$mmproj" --image "$img" -p "$prompt" -n $n \
     --temp 0 --ignore-eos -t "$threads" --perf -v 2>&1 >/dev/null | awk '
-    /batch encoding done in/ {for (i=1;i<=NF;i++) if ($i=="ms") enc=$(i-1)}
     /prompt eval time/ {for (i=1;i<=NF;i++) if ($i=="=") {p=$(i+1); break}}
     /  eval time/ {for (i=1;i<=NF;i++) if ($i=="tokens" && $(i+1)=="per") s=$(i-1)}
-    END {print p+enc, s}'
+    END {print p, s}'
 }
 cmrm_run() {
   ./target/release/cmrm chat -m "$model" --mmproj "$mmproj" --image "$img" -p "$prompt" -n $n \
