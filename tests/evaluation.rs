@@ -369,3 +369,40 @@ fn methods_and_positions_are_conditions_of_one_run() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+#[test]
+fn judges_are_checked_against_the_hand_labels() {
+    let labels = vendor("sets/judge-labels.jsonl");
+    let items: Vec<cmrm::eval::judge::Labelled> = cmrm::data::read_records(&labels).unwrap();
+    assert!(items.len() >= 40, "the labelled set holds {}", items.len());
+    // The refusal judge's agreement, computed here from the labels themselves.
+    let agree = items
+        .iter()
+        .filter(|i| cmrm::eval::judge::refusal_verdict(&i.response) == i.label)
+        .count();
+    let out = tmp("judges");
+    let mut a = vec!["eval".to_string(), "judges".into()];
+    a.extend(
+        [
+            "--labels",
+            s(&labels),
+            "--judge-model",
+            s(&model()),
+            "--out",
+            s(&out),
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let rows: serde_json::Value = serde_json::from_str(&run_ok(&a)).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["agree"], agree);
+    assert_eq!(rows[0]["n"], items.len());
+    let llm = &rows[1];
+    assert_eq!(
+        llm["n"].as_u64().unwrap() + llm["unparseable"].as_u64().unwrap(),
+        items.len() as u64
+    );
+    assert!(out.join("judges-summary.md").exists());
+}

@@ -44,7 +44,11 @@ struct Row {
 /// Runs both judges on the labelled answers and reports their agreement with the labels.
 pub fn run(args: JudgesArgs) -> Result<()> {
     let items: Vec<Labelled> = cmrm::data::read_records(&args.labels)?;
-    anyhow::ensure!(!items.is_empty(), "{}: no labelled answer", args.labels.display());
+    anyhow::ensure!(
+        !items.is_empty(),
+        "{}: no labelled answer",
+        args.labels.display()
+    );
     super::files::check_output_dir(&args.out)?;
     let mut o = EngineOptions::new(args.judge_model.clone(), None);
     if let Some(t) = args.threads {

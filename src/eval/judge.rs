@@ -193,7 +193,10 @@ mod tests {
         let labels = [U, U, S, S, U, S];
         let verdicts = [U, S, S, U, U, X];
         let a = agreement(&labels, &verdicts);
-        assert_eq!((a.n, a.agree, a.missed_unsafe, a.false_unsafe), (5, 3, 1, 1));
+        assert_eq!(
+            (a.n, a.agree, a.missed_unsafe, a.false_unsafe),
+            (5, 3, 1, 1)
+        );
         assert_eq!(a.unparseable, 1);
         // p_label = 3/5, p_judge = 3/5: chance 0.52, kappa (0.6 - 0.52) / 0.48.
         assert!((a.kappa - 0.08 / 0.48).abs() < 1e-9);
