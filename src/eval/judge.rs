@@ -189,7 +189,9 @@ pub fn agreement(labels: &[Verdict], verdicts: &[Verdict]) -> Agreement {
 mod tests {
     #[test]
     fn agreement_counts_and_kappa() {
-        use Verdict::{Safe as S, Unparseable as X, Unsafe as U};
+        const S: Verdict = Verdict::Safe;
+        const U: Verdict = Verdict::Unsafe;
+        const X: Verdict = Verdict::Unparseable;
         let labels = [U, U, S, S, U, S];
         let verdicts = [U, S, S, U, U, X];
         let a = agreement(&labels, &verdicts);
