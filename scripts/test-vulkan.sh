@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # cmrm on llama.cpp's Vulkan backend, on Mesa's lavapipe (a Vulkan 1.3 device on the CPU):
 # every layer, `l_out-<il>` and the control vector in device buffers (-ngl 99), the path CUDA
-# and Metal take. Builds cmrm with --features vulkan into target/vulkan (llama.cpp and its
-# shaders: ~30 min on 2 cores), runs tests/backends.rs on the CPU build to write the reference
-# and on the Vulkan build to compare with it, then times dataset CMRM through the control vector
-# and through the graph callback on that device. Kept out of CI for the build time.
+# and Metal take. Builds cmrm with --features vulkan into target/vulkan (every crate, llama.cpp
+# and its shaders: ~10 min on 2 cores), runs tests/backends.rs on the CPU build to write the
+# reference and on the Vulkan build to compare with it, then times dataset CMRM through the
+# control vector and through the graph callback on that device. The test command (and so CI)
+# runs it with --no-bench.
 #   scripts/test-vulkan.sh [--no-bench]   result in target/vulkan/result.md
 # (--no-bench: the tests only, as the test command runs it.)
 set -euo pipefail
