@@ -121,20 +121,12 @@ fn aggregate(
     if records.is_empty() {
         return Err(Error::Invalid("no anchor was calibrated".into()));
     }
-    let (n_embd, n_layer) = (model.n_embd, model.n_layer);
+    let n_layer = model.n_layer;
     let rows: Vec<&[f32]> = records.iter().map(|(_, r)| r.as_slice()).collect();
-    let deltas = (0..n_layer)
-        .map(|il| {
-            let layer: Vec<&[f32]> = rows
-                .iter()
-                .map(|r| &r[il * n_embd..(il + 1) * n_embd])
-                .collect();
-            match opts.method {
-                Method::Mean => math::mean(&layer),
-                Method::Pca => math::principal_direction(&layer),
-            }
-        })
-        .collect();
+    let deltas = per_layer(&rows, n_layer, |layer| match opts.method {
+        Method::Mean => math::mean(layer),
+        Method::Pca => math::principal_direction(layer),
+    });
     let anchors = opts.shard.map(|_| {
         (
             records.iter().map(|(i, _)| *i).collect(),
@@ -161,6 +153,24 @@ fn aggregate(
     })
 }
 
+/// `reduce` applied to every layer's slice of `rows` (each `n_layer` layers, flattened).
+fn per_layer(
+    rows: &[&[f32]],
+    n_layer: usize,
+    reduce: impl Fn(&[&[f32]]) -> Vec<f32>,
+) -> Vec<Vec<f32>> {
+    let n_embd = rows[0].len() / n_layer;
+    (0..n_layer)
+        .map(|il| {
+            let layer: Vec<&[f32]> = rows
+                .iter()
+                .map(|r| &r[il * n_embd..(il + 1) * n_embd])
+                .collect();
+            reduce(&layer)
+        })
+        .collect()
+}
+
 /// ShiftDC's safety direction of every layer: the mean last-prompt-token state of the
 /// `harmful` requests minus that of the `benign` ones, both text-only (one prefill each).
 pub fn safety_directions(
@@ -181,13 +191,9 @@ pub fn safety_directions(
             states.push(reader.states(system, &item.prompt, &[])?);
             bar.inc();
         }
-        let n_layer = states[0].len();
-        Ok((0..n_layer)
-            .map(|il| {
-                let layer: Vec<&[f32]> = states.iter().map(|s| s[il].as_slice()).collect();
-                math::mean(&layer)
-            })
-            .collect())
+        let flat: Vec<Vec<f32>> = states.iter().map(|s| s.concat()).collect();
+        let rows: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+        Ok(per_layer(&rows, states[0].len(), math::mean))
     };
     let unsafe_mean = mean_states(harmful)?;
     let safe_mean = mean_states(benign)?;

@@ -79,17 +79,24 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
 /// problem names the file and line.
 pub fn read_records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let bytes = read_bounded(path)?;
+    lines(&bytes, path)?
+        .into_iter()
+        .map(|(line, text)| {
+            serde_json::from_str(text).map_err(|e| Error::data(path, Some(line), e.to_string()))
+        })
+        .collect()
+}
+
+/// The non-blank lines of a JSONL file's bytes with their 1-based numbers; a line that is not
+/// UTF-8 is an error naming it.
+fn lines<'b>(bytes: &'b [u8], path: &Path) -> Result<Vec<(usize, &'b str)>> {
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let text = std::str::from_utf8(raw)
             .map_err(|_| Error::data(path, Some(i + 1), "not UTF-8 text"))?;
-        if text.trim().is_empty() {
-            continue;
+        if !text.trim().is_empty() {
+            out.push((i + 1, text));
         }
-        out.push(
-            serde_json::from_str(text)
-                .map_err(|e| Error::data(path, Some(i + 1), e.to_string()))?,
-        );
     }
     Ok(out)
 }
@@ -120,17 +127,12 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Item>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     let mut ids = std::collections::HashSet::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| Error::data(path, Some(i + 1), "not UTF-8 text"))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let item = parse_line(path, i + 1, text, dir)?;
+    for (line, text) in lines(bytes, path)? {
+        let item = parse_line(path, line, text, dir)?;
         if !ids.insert(item.id.clone()) {
             return Err(Error::data(
                 path,
-                Some(i + 1),
+                Some(line),
                 format!("the id {:?} is used twice; ids must be unique", item.id),
             ));
         }

@@ -6,8 +6,7 @@
 
 mod common;
 
-use cmrm::capture::{shared, LayerCapture, StateReader};
-use cmrm::media::{self, Image};
+use cmrm::capture::StateReader;
 use cmrm::session::{Apply, Layers, Positions, SteerConfig};
 use cmrm::steer::Mechanism;
 use cmrm::{CmrmSteering, Engine, EngineOptions, Error, Session, SessionOptions, Turn};
@@ -38,32 +37,8 @@ fn load() -> Engine {
     Engine::load(o).unwrap()
 }
 
-fn photo_image() -> Image {
-    media::load(photo().to_str().unwrap()).unwrap().into()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 fn run(engine: &Engine, steering: Option<CmrmSteering>) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let capture = LayerCapture::all_layers(engine.model().n_layer());
-    let options = SessionOptions::new()
-        .boxed_steering(steering.map(|s| Box::new(s) as _))
-        .observer(shared(&capture));
-    let mut session = Session::new(engine, options).unwrap();
-    let prefilled = session
-        .prefill(&Turn::user(PROMPT).image(photo_image()))
-        .unwrap();
-    let logits = prefilled.logits().to_vec();
-    drop(prefilled);
-    let states = capture.lock().unwrap().all_states().unwrap();
-    (logits, states)
+    prefill_states(engine, steering, &Turn::user(PROMPT).image(photo_image()))
 }
 
 fn steered(engine: &Engine, shift: &[Vec<f32>], alpha: f32, m: Mechanism) -> Vec<f32> {
@@ -109,8 +84,8 @@ fn states_and_steering_agree_across_backends() {
     }
     let cvec = steered(&engine, &shift, 0.5, Mechanism::Cvec);
     let callback = steered(&engine, &shift, 0.5, Mechanism::Callback);
-    let d = rel(&cvec, &callback);
-    let moved = rel(&cvec, &plain);
+    let d = max_rel_diff(&cvec, &callback);
+    let moved = max_rel_diff(&cvec, &plain);
     eprintln!("{backend}: cvec vs callback {d:.2e}, steering moved the logits {moved:.2e}");
     assert!(
         d < 1e-3 && moved > 1e-3,
@@ -141,12 +116,12 @@ fn states_and_steering_agree_across_backends() {
     // Device kernels sum in other orders (and lavapipe's shaders keep f16 intermediates), so
     // agreement is within a tolerance, at every layer and for every logit vector.
     let worst_state = (0..outcome.states.len())
-        .map(|l| rel(&outcome.states[l], &cpu.states[l]))
+        .map(|l| max_rel_diff(&outcome.states[l], &cpu.states[l]))
         .fold(0.0, f32::max);
     let logits = [
-        ("plain", rel(&outcome.plain, &cpu.plain)),
-        ("cvec", rel(&outcome.cvec, &cpu.cvec)),
-        ("callback", rel(&outcome.callback, &cpu.callback)),
+        ("plain", max_rel_diff(&outcome.plain, &cpu.plain)),
+        ("cvec", max_rel_diff(&outcome.cvec, &cpu.cvec)),
+        ("callback", max_rel_diff(&outcome.callback, &cpu.callback)),
     ];
     eprintln!("vulkan vs cpu: states {worst_state:.2e}, logits {logits:?}");
     assert!(

@@ -14,22 +14,6 @@ use common::*;
 
 const PROMPT: &str = "How do I pick a lock?";
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 fn turn(images: &[Image]) -> Turn {
     Turn {
         text: PROMPT.into(),
@@ -45,16 +29,7 @@ fn run(
     steering: Option<CmrmSteering>,
     images: &[Image],
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let capture = LayerCapture::all_layers(engine.model().n_layer());
-    let options = SessionOptions::new()
-        .boxed_steering(steering.map(|s| Box::new(s) as _))
-        .observer(shared(&capture));
-    let mut session = Session::new(engine, options).unwrap();
-    let prefilled = session.prefill(&turn(images)).unwrap();
-    let logits = prefilled.logits().to_vec();
-    drop(prefilled);
-    let states = capture.lock().unwrap().all_states().unwrap();
-    (logits, states)
+    prefill_states(engine, steering, &turn(images))
 }
 
 fn noise() -> Image {

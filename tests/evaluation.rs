@@ -12,49 +12,12 @@ use cmrm::eval::{Condition, Runner};
 use common::*;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cmrm-eval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    fresh_dir("eval", name)
 }
 
-/// The first `n` items of a vendored set, in a temporary file (image paths made absolute).
+/// The first `n` items of a vendored set, in a temporary folder of its own.
 fn subset(set: &str, n: usize, name: &str) -> PathBuf {
-    let items = cmrm::data::read_jsonl(&vendor(&format!("sets/{set}"))).unwrap();
-    let lines: Vec<String> = items
-        .iter()
-        .take(n)
-        .map(|i| serde_json::to_string(i).unwrap())
-        .collect();
-    let path = tmp(&format!("data-{name}")).join("items.jsonl");
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
-fn model_args() -> Vec<String> {
-    vec![
-        "-m".into(),
-        s(&model()).into(),
-        "--mmproj".into(),
-        s(&mmproj()).into(),
-        "-t".into(),
-        "2".into(),
-        "-c".into(),
-        "1024".into(),
-    ]
-}
-
-fn run_ok(args: &[String]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    subset_in(set, n, &tmp(&format!("data-{name}")))
 }
 
 fn safety_args(data: &Path, out: &Path, conditions: &str) -> Vec<String> {

@@ -5,8 +5,8 @@
 
 mod common;
 
-use cmrm::capture::{shared, LayerCapture, StateReader};
-use cmrm::media::{self, Corruption, Image};
+use cmrm::capture::StateReader;
+use cmrm::media::Corruption;
 use cmrm::session::{Apply, Layers, Positions, SteerConfig};
 use cmrm::steer::Mechanism;
 use cmrm::{CmrmSteering, Engine, EngineOptions, GenerateOptions, Session, SessionOptions, Turn};
@@ -62,33 +62,10 @@ fn load(f: &Family) -> Engine {
     Engine::load(o).unwrap_or_else(|e| panic!("{}: {e}", f.name))
 }
 
-fn photo_image() -> Image {
-    media::load(photo().to_str().unwrap()).unwrap().into()
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 /// Logits of the first answer token and the last prompt token's states, for PROMPT with the
 /// photo, steered by `steering`.
 fn run(engine: &Engine, steering: Option<CmrmSteering>) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let capture = LayerCapture::all_layers(engine.model().n_layer());
-    let options = SessionOptions::new()
-        .boxed_steering(steering.map(|s| Box::new(s) as _))
-        .observer(shared(&capture));
-    let mut session = Session::new(engine, options).unwrap();
-    let turn = Turn::user(PROMPT).image(photo_image());
-    let prefilled = session.prefill(&turn).unwrap();
-    let logits = prefilled.logits().to_vec();
-    drop(prefilled);
-    let states = capture.lock().unwrap().all_states().unwrap();
-    (logits, states)
+    prefill_states(engine, steering, &Turn::user(PROMPT).image(photo_image()))
 }
 
 fn steer(

@@ -12,56 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cmrm-kill-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The first `n` lines of a vendored set, in `dir` (image paths made absolute).
-fn subset(set: &str, n: usize, dir: &Path) -> PathBuf {
-    let items = cmrm::data::read_jsonl(&vendor(&format!("sets/{set}"))).unwrap();
-    let lines: Vec<String> = items
-        .iter()
-        .take(n)
-        .map(|i| serde_json::to_string(i).unwrap())
-        .collect();
-    let path = dir.join(set);
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
-fn model_args() -> Vec<String> {
-    [
-        "-m",
-        s(&model()),
-        "--mmproj",
-        s(&mmproj()),
-        "-t",
-        "2",
-        "-c",
-        "1024",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// One creation time for every run, so that a resumed file can equal the uninterrupted one
-/// byte for byte (the stamp is the only field that may differ).
-const EPOCH: &str = "1764000000";
-
-fn run_ok(args: &[String]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    fresh_dir("kill", name)
 }
 
 /// A tiny deterministic generator of kill delays.
@@ -134,7 +85,7 @@ fn killed_and_resumed(
 #[test]
 fn a_killed_calibration_resumes_to_the_same_vector_file() {
     let data = tmp("calib-data");
-    let anchors = subset("harmful-anchors.jsonl", 5, &data);
+    let anchors = subset_in("harmful-anchors.jsonl", 5, &data);
     killed_and_resumed(
         "calibrate",
         |dir| {
@@ -155,8 +106,8 @@ fn a_killed_calibration_resumes_to_the_same_vector_file() {
 #[test]
 fn killed_evaluations_and_sweeps_resume_to_the_same_summaries() {
     let data = tmp("eval-data");
-    let harmful = subset("harmful-eval.jsonl", 3, &data);
-    let benign = subset("benign.jsonl", 3, &data);
+    let harmful = subset_in("harmful-eval.jsonl", 3, &data);
+    let benign = subset_in("benign.jsonl", 3, &data);
     let vectors = data.join("v.gguf");
     let mut a = vec!["calibrate".to_string()];
     a.extend(model_args());
@@ -232,7 +183,7 @@ fn killed_evaluations_and_sweeps_resume_to_the_same_summaries() {
 #[test]
 fn a_torn_journal_line_is_redone_and_foreign_shards_are_not_merged() {
     let data = tmp("torn-data");
-    let harmful = subset("harmful-eval.jsonl", 2, &data);
+    let harmful = subset_in("harmful-eval.jsonl", 2, &data);
     let args = |dir: &Path| {
         let mut a = vec!["eval".to_string(), "safety".into()];
         a.extend(model_args());
@@ -322,7 +273,7 @@ fn on_small_disk(dir: &Path, kb: usize, script: &str) -> std::process::Output {
 #[test]
 fn a_full_disk_or_a_read_only_folder_keeps_the_previous_file() {
     let dir = tmp("disk");
-    let anchors = subset("harmful-anchors.jsonl", 1, &dir);
+    let anchors = subset_in("harmful-anchors.jsonl", 1, &dir);
     let disk = dir.join("disk");
     std::fs::create_dir_all(&disk).unwrap();
     let bin = env!("CARGO_BIN_EXE_cmrm");

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use cmrm::eval::judge::{agreement, refusal_verdict, Agreement, Labelled, LlmJudge};
+use cmrm::eval::judge::{agreement, refusal_verdict, Agreement, Labelled, LlmJudge, Verdict};
 use cmrm::progress::Progress;
 use cmrm::{Engine, EngineOptions};
 
@@ -49,6 +49,13 @@ pub fn run(args: JudgesArgs) -> Result<()> {
         "{}: no labelled answer",
         args.labels.display()
     );
+    if let Some(i) = items.iter().find(|i| i.label == Verdict::Unparseable) {
+        anyhow::bail!(
+            "{}: item {:?} is labelled unparseable; a hand label is safe or unsafe",
+            args.labels.display(),
+            i.id
+        );
+    }
     super::files::check_output_dir(&args.out)?;
     let mut o = EngineOptions::new(args.judge_model.clone(), None);
     if let Some(t) = args.threads {
@@ -77,10 +84,7 @@ pub fn run(args: JudgesArgs) -> Result<()> {
             agreement: agreement(&labels, &llm),
         },
     ];
-    let unsafe_labels = labels
-        .iter()
-        .filter(|l| **l == cmrm::eval::judge::Verdict::Unsafe)
-        .count();
+    let unsafe_labels = labels.iter().filter(|l| **l == Verdict::Unsafe).count();
     let mut md = format!(
         "{} hand-labelled answers ({unsafe_labels} unsafe) from {}\n\n| judge | n | agreement | Cohen's kappa | unsafe missed | safe called unsafe | unparseable |\n|---|---:|---:|---:|---:|---:|---:|\n",
         items.len(),

@@ -24,8 +24,9 @@ pub struct CallbackSteering {
     armed: bool,
     /// The decode of the last prompt token is running (interpolation measures then).
     at_last_token: bool,
-    /// Per-layer directions the move toward the targets is projected on (ShiftDC).
-    directions: Option<Vec<Vec<f32>>>,
+    /// Per-layer directions the move toward the targets is projected on (ShiftDC), each with
+    /// its squared norm (computed once, not at every steered layer of the decode).
+    directions: Option<Vec<(Vec<f32>, f64)>>,
 }
 
 impl CallbackSteering {
@@ -64,7 +65,14 @@ impl CallbackSteering {
         self.additions = targets.iter().map(|t| vec![0.0; t.len()]).collect();
         self.configure(config, targets.len());
         self.targets = Some(targets);
-        self.directions = directions;
+        self.directions = directions.map(|dirs| {
+            dirs.into_iter()
+                .map(|d| {
+                    let norm2 = crate::math::dot_f32(&d, &d);
+                    (d, norm2)
+                })
+                .collect()
+        });
     }
 
     fn configure(&mut self, config: &SteerConfig, n_layer: usize) {
@@ -106,9 +114,8 @@ impl GraphHook for CallbackSteering {
             self.additions[il] = match &self.directions {
                 // ShiftDC: only the gap's component along the safety direction.
                 Some(dirs) => {
-                    let s = &dirs[il];
-                    let norm2 = crate::math::dot_f32(s, s);
-                    let k = if norm2 > 0.0 {
+                    let (s, norm2) = &dirs[il];
+                    let k = if *norm2 > 0.0 {
                         self.alpha * (crate::math::dot_f32(&gap, s) / norm2) as f32
                     } else {
                         0.0

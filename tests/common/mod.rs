@@ -88,3 +88,97 @@ pub fn cmrm(args: &[&str]) -> Output {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A fresh, empty temporary folder for one test (`<group>-<pid>-<name>`).
+pub fn fresh_dir(group: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cmrm-{group}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first `n` lines of a vendored set, written to `dir` (image paths made absolute).
+pub fn subset_in(set: &str, n: usize, dir: &Path) -> PathBuf {
+    let items = cmrm::data::read_jsonl(&vendor(&format!("sets/{set}"))).unwrap();
+    let lines: Vec<String> = items
+        .iter()
+        .take(n)
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
+    let path = dir.join(set);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// The fixture model flags of the command-line tests.
+pub fn model_args() -> Vec<String> {
+    [
+        "-m",
+        s(&model()),
+        "--mmproj",
+        s(&mmproj()),
+        "-t",
+        "2",
+        "-c",
+        "1024",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// One creation time for every run, so that a rerun or a resumed file can equal another
+/// byte for byte (the stamp is the only field that may differ).
+pub const EPOCH: &str = "1764000000";
+
+/// Runs the cmrm binary with `args` (at [`EPOCH`]), asserts success and returns its stdout.
+pub fn run_ok(args: &[String]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Largest difference of `a` from `b`.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Largest difference of `a` from `b`, relative to the norm of `b`.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_abs_diff(a, b) / b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6)
+}
+
+/// The test photograph as an image.
+pub fn photo_image() -> cmrm::media::Image {
+    cmrm::media::load(photo().to_str().unwrap()).unwrap().into()
+}
+
+/// Prefills `turn` on a fresh session steered by `steering`: the first answer token's logits
+/// and the last prompt token's state at every layer.
+pub fn prefill_states(
+    engine: &Engine,
+    steering: Option<cmrm::CmrmSteering>,
+    turn: &cmrm::Turn,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    use cmrm::capture::{shared, LayerCapture};
+    let capture = LayerCapture::all_layers(engine.model().n_layer());
+    let options = cmrm::SessionOptions::new()
+        .boxed_steering(steering.map(|s| Box::new(s) as _))
+        .observer(shared(&capture));
+    let mut session = cmrm::Session::new(engine, options).unwrap();
+    let prefilled = session.prefill(turn).unwrap();
+    let logits = prefilled.logits().to_vec();
+    drop(prefilled);
+    let states = capture.lock().unwrap().all_states().unwrap();
+    (logits, states)
+}
