@@ -80,7 +80,14 @@ fn llama_text_only(prompt: &str, args: &[&str]) -> String {
             line.push(c);
         }
     }
-    line.trim_end_matches("/quit").trim().to_string()
+    // The echo of "/quit" may land on the answer's line, cut short by the spinner's erasing.
+    let line = line.trim_end();
+    let echo = (1..="/quit".len())
+        .rev()
+        .map(|k| &"/quit"[..k])
+        .find(|e| line.ends_with(e))
+        .unwrap_or("");
+    line[..line.len() - echo.len()].trim().to_string()
 }
 
 fn cmrm_chat(args: &[&str]) -> String {
