@@ -47,9 +47,11 @@ fn llama(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-/// The same question in llama-mtmd-cli's chat mode (a turn without an image).
+/// The same question in llama-mtmd-cli's chat mode (a turn without an image), typed as a user
+/// would: only once its "> " prompt is shown (input sent earlier races with its console set-up
+/// and loses characters), then end of input, which ends the program after the answer.
 fn llama_text_only(prompt: &str, args: &[&str]) -> String {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let mut child = Command::new(reference())
         .args(model_flags())
         .args(args)
@@ -58,36 +60,39 @@ fn llama_text_only(prompt: &str, args: &[&str]) -> String {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{prompt}\n/quit\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // After the banner: "> \nANSWER", then the echo of "/quit".
-    let after = text
-        .split_once("> \n")
-        .map(|(_, a)| a)
-        .unwrap_or_else(|| panic!("no answer in {text:?}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("exit the program\n\n> ") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "llama-mtmd-cli ended before its prompt: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{prompt}\n").as_bytes()).unwrap();
+    drop(stdin);
+    stdout.read_to_end(&mut seen).unwrap();
+    assert!(child.wait().unwrap().success());
     // The console's spinner writes a character and erases it with a backspace.
-    let mut line = String::new();
-    for c in after.split('\n').next().unwrap().chars() {
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&seen).chars() {
         if c == '\u{8}' {
-            line.pop();
+            text.pop();
         } else {
-            line.push(c);
+            text.push(c);
         }
     }
-    // The echo of "/quit" may land on the answer's line, cut short by the spinner's erasing.
-    let line = line.trim_end();
-    let echo = (1..="/quit".len())
-        .rev()
-        .map(|k| &"/quit"[..k])
-        .find(|e| line.ends_with(e))
-        .unwrap_or("");
-    line[..line.len() - echo.len()].trim().to_string()
+    // "> PROMPT\n" (the console's echo), the answer, then the next "\n> ".
+    let echo = format!("> {prompt}\n");
+    let after = text
+        .split_once(&echo)
+        .map(|(_, a)| a)
+        .unwrap_or_else(|| panic!("no echo of the prompt in {text:?}"));
+    let answer = after
+        .rsplit_once("\n> ")
+        .map(|(a, _)| a)
+        .unwrap_or_else(|| panic!("no prompt after the answer in {text:?}"));
+    answer.trim().to_string()
 }
 
 fn cmrm_chat(args: &[&str]) -> String {
