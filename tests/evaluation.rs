@@ -193,9 +193,7 @@ fn gap_plots_and_the_report_are_written() {
     );
     run_ok(&["report".into(), "--out".into(), s(&out).into()]);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(
-        html.contains("<h2>Representation gap</h2>") && html.contains("data:image/png;base64,")
-    );
+    assert!(html.contains("<h2>Representation gap</h2>") && html.contains("<svg"));
 }
 
 #[test]
@@ -251,6 +249,23 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
     let table = run_ok(&a);
     assert!(table.contains("(chosen)"), "{table}");
     assert_eq!(table.matches("| cmrm@").count(), 4, "{table}");
+    // Both baselines, settings in words, and the bar with its verdict.
+    assert!(
+        table.contains("| text | text only (image removed) |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| CMRM dataset, alpha 0.5, layer 8, last prompt token + generated |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("the bar: unsafe rate at most the text-only rate"),
+        "{table}"
+    );
+    assert!(
+        table.contains("which reaches the bar") || table.contains("best trade-off"),
+        "{table}"
+    );
     assert!(is_drawn_png(&out.join("sweep.png")));
     let v = cmrm::vectors::CmrmVectors::load(&vectors).unwrap();
     assert!(
@@ -259,6 +274,8 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
         v.recommended.alpha
     );
     assert_eq!(v.recommended.apply, cmrm::session::Apply::Total);
+    let evaluation = v.provenance.evaluation.unwrap();
+    assert!(evaluation.contains("the bar:"), "{evaluation}");
 }
 
 #[test]

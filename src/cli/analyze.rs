@@ -10,7 +10,7 @@ use serde::Serialize;
 use cmrm::eval::fidelity::compare;
 use cmrm::eval::Condition;
 use cmrm::math::pca2;
-use cmrm::plot::{Chart, Series, Style};
+use cmrm::plot::{Axis, Chart, Series, Style};
 use cmrm::progress::Progress;
 use cmrm::Engine;
 
@@ -102,7 +102,8 @@ fn gap(mut args: GapArgs) -> Result<()> {
     let out = &args.data.out;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the folder", out.display()))?;
-    plots(out, &summaries, &names, &scatter, layer)?;
+    let labels: Vec<String> = names.iter().map(|n| conds.label(n)).collect();
+    plots(out, &summaries, &labels, &scatter, layer)?;
     let md = table(&summaries);
     cmrm::atomic::write(&out.join("gap-summary.md"), md.as_bytes())?;
     let json = serde_json::to_string_pretty(&summaries)?;
@@ -122,14 +123,15 @@ fn gap(mut args: GapArgs) -> Result<()> {
 fn plots(
     out: &Path,
     s: &[GapSummary],
-    names: &[String],
+    labels: &[String],
     scatter: &[Vec<Vec<f32>>],
     layer: usize,
 ) -> Result<()> {
     let per_layer = |get: &dyn Fn(&GapSummary) -> &Vec<f64>| -> Vec<Series> {
         s.iter()
-            .map(|g| Series {
-                name: g.condition.clone(),
+            .zip(labels)
+            .map(|(g, label)| Series {
+                name: label.clone(),
                 points: get(g)
                     .iter()
                     .enumerate()
@@ -141,15 +143,15 @@ fn plots(
     };
     Chart {
         title: "Cosine similarity to the text-only state (last prompt token)".into(),
-        x_label: "layer".into(),
-        y_label: "cosine".into(),
+        x: Axis::integer("layer"),
+        y: Axis::new("cosine similarity"),
         series: per_layer(&|g| &g.cosine),
     }
     .save(&out.join("gap-cosine.png"))?;
     Chart {
         title: "L2 distance to the text-only state (last prompt token)".into(),
-        x_label: "layer".into(),
-        y_label: "L2".into(),
+        x: Axis::integer("layer"),
+        y: Axis::from_zero("L2 distance"),
         series: per_layer(&|g| &g.l2),
     }
     .save(&out.join("gap-l2.png"))?;
@@ -157,7 +159,8 @@ fn plots(
     let proj = pca2(&pooled);
     let mut series = Vec::new();
     let mut at = 0;
-    let labels = std::iter::once("text".to_string()).chain(names.iter().cloned());
+    let labels =
+        std::iter::once("text only (image removed)".to_string()).chain(labels.iter().cloned());
     for (label, rows) in labels.zip(scatter) {
         series.push(Series {
             name: label,
@@ -168,8 +171,8 @@ fn plots(
     }
     Chart {
         title: format!("Last-token states at layer {layer}: first two principal components"),
-        x_label: "PC1".into(),
-        y_label: "PC2".into(),
+        x: Axis::new("first principal component"),
+        y: Axis::new("second principal component"),
         series,
     }
     .save(&out.join(format!("gap-pca-layer{layer}.png")))?;

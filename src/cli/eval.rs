@@ -134,6 +134,30 @@ pub struct GridArgs {
     pub rules: RuleArgs,
 }
 
+/// What a steered condition is, in words: "CMRM dataset, alpha 1, layer 16, last prompt token
+/// + generated".
+fn label(kind: Kind, cfg: &SteerConfig) -> String {
+    let method = match kind {
+        Kind::Text | Kind::Image | Kind::Cmrm => "CMRM dataset",
+        Kind::CmrmSample => "CMRM sample-level",
+        Kind::Interpolate => "interpolate, sample-level",
+        Kind::Shiftdc => "ShiftDC",
+    };
+    let layers = match cfg.layers {
+        Layers::Default => "default layer".to_string(),
+        Layers::UpperHalf => "upper half of the layers".to_string(),
+        Layers::Range(a, b) if a == b => format!("layer {a}"),
+        Layers::Range(a, b) => format!("layers {a}-{b}"),
+    };
+    let positions = match cfg.positions {
+        Positions::Last => "last prompt token + generated",
+        Positions::LastPrompt => "last prompt token only",
+        Positions::AfterImage => "image and after",
+        Positions::All => "every token",
+    };
+    format!("{method}, alpha {}, {layers}, {positions}", cfg.alpha)
+}
+
 /// Conditions and how to run them.
 #[derive(Args, Debug, Clone)]
 pub struct ConditionArgs {
@@ -152,6 +176,7 @@ pub struct ConditionArgs {
 /// A named condition with the steering settings it runs under.
 struct Named {
     name: String,
+    label: String,
     condition: Condition,
     config: Option<SteerConfig>,
 }
@@ -246,12 +271,17 @@ impl ConditionPlan {
             let (prefix, base) = match kind {
                 Kind::Text | Kind::Image => {
                     let (name, condition) = if kind == Kind::Text {
-                        ("text", Condition::Text)
+                        (cmrm::eval::TEXT, Condition::Text)
                     } else {
-                        ("image", Condition::Image)
+                        (cmrm::eval::BASELINE, Condition::Image)
                     };
                     list.push(Named {
                         name: name.into(),
+                        label: if kind == Kind::Text {
+                            "text only (image removed)".into()
+                        } else {
+                            "image, no steering".into()
+                        },
                         condition,
                         config: None,
                     });
@@ -333,6 +363,7 @@ impl ConditionPlan {
                     };
                     list.push(Named {
                         name,
+                        label: label(kind, &cfg),
                         condition: Condition::Steered(o),
                         config: Some(cfg),
                     });
@@ -433,6 +464,14 @@ impl<'e> Conditions<'e> {
             }
         }
         Ok(())
+    }
+
+    /// What a condition is, in words (for tables and figures).
+    pub fn label(&self, name: &str) -> String {
+        self.list
+            .iter()
+            .find(|n| n.name == name)
+            .map_or_else(|| name.to_string(), |n| n.label.clone())
     }
 
     /// The steering configuration of a condition, when it steers.

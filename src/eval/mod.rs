@@ -12,4 +12,7 @@ pub mod utility;
 /// The condition that paired comparisons are made against: the image with no CMRM.
 pub const BASELINE: &str = "image";
 
+/// The condition with the image removed: what the backbone does without the shift.
+pub const TEXT: &str = "text";
+
 pub use runner::{Condition, RunOutput, Runner, Utility};
