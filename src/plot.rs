@@ -10,8 +10,9 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Series colours (colour-blind friendly, Okabe-Ito).
-pub const PALETTE: [[u8; 3]; 7] = [
+/// Series colours: Okabe-Ito's colour-blind friendly set, then grey and wine, so that a sweep's
+/// ten settings get ten colours.
+pub const PALETTE: [[u8; 3]; 10] = [
     [0, 114, 178],
     [213, 94, 0],
     [0, 158, 115],
@@ -19,6 +20,9 @@ pub const PALETTE: [[u8; 3]; 7] = [
     [230, 159, 0],
     [86, 180, 233],
     [0, 0, 0],
+    [200, 190, 40],
+    [128, 128, 128],
+    [136, 34, 85],
 ];
 
 /// How a series is drawn.
