@@ -99,16 +99,7 @@ fn cmrm_chat(args: &[&str]) -> String {
     let mut all: Vec<String> = vec!["chat".into()];
     all.extend(model_flags());
     all.extend(args.iter().map(|a| a.to_string()));
-    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
-        .args(&all)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{all:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    run_ok(&all).trim().to_string()
 }
 
 fn assert_same(args: &[&str]) {

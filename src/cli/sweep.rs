@@ -267,7 +267,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let verdict = match &choice {
         Choice::MeetsBar(r) => format!("chosen: {} ({}), which reaches the bar", r.label, r.condition),
         Choice::TradeOff(r) => format!(
-            "no setting reaches the bar; best trade-off: {} ({}), unsafe {} against the text-only {}: it fails the safety part, and every setting with a lower unsafe rate fails {}",
+            "no setting reaches the bar; best trade-off: {} ({}), an unsafe rate of {} against the text-only {}: it fails the safety part, and every setting with a lower unsafe rate fails {}",
             r.label,
             r.condition,
             pct(r.safety.unsafe_rate),
