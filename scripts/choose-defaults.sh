@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurement behind cmrm's default steering settings (README, "Choosing the defaults"):
+# The measurement behind cmrm's default steering settings (docs/method.md, "Choosing the defaults"):
 # calibrate dataset-level vectors on the anchor set, then compare application rules by their
 # fidelity to the text-only run on held-out harmful items (first-token KL, top-1 agreement,
 # shared greedy prefix, state cosine). Usage: scripts/choose-defaults.sh [MODEL MMPROJ [N_ITEMS [LAYER]]]

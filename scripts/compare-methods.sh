@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The method comparison in the README ("Methods compared on Qwen2.5"): CMRM dataset, CMRM
+# The method comparison in docs/measurements.md ("Methods compared on Qwen2.5"): CMRM dataset, CMRM
 # sample-level, interpolate and ShiftDC, each steering `last` (last prompt token + generated
 # tokens) and `last-prompt` (the last prompt token only), against the text-only and image runs,
 # on the Qwen2.5 fixture with its synthetic tower. The sweep applies the bar for a recommended

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements in the README: safety, fidelity, utility and the representation gap for
+# The measurements in docs/measurements.md: safety, fidelity, utility and the representation gap for
 # text / image / CMRM (recommended settings) / sample-level CMRM on one fixture backbone.
 #   scripts/measure.sh [smollm2|qwen] [N_HARMFUL]
 # Greedy answers are 48 tokens long for SmolLM2 and 32 for Qwen (the README's runs);

@@ -3,7 +3,7 @@
 # with llama.cpp's quantizer (`cmrm quantize`), calibrates vectors on each quantization, and
 # measures on held-out items the fidelity (first-token KL to the text-only answer) of vectors
 # calibrated on one quantization and applied to another, against vectors calibrated on the
-# target itself. The README's "Vector files across quantizations" table.
+# target itself. docs/vector-files.md's "Across quantizations, measured" table.
 #   scripts/transfer.sh [N_HELD_OUT] [smollm2|qwen ...]
 # The fixture ships 4-bit files only (SmolLM2 Q4_1, Qwen2.5 Q4_K_M), so the other types are
 # re-encodings of those 4-bit weights (--allow-requantize): Q8_0 made from Q4_1 is nearly the

@@ -81,7 +81,7 @@ named_enum!(Positions, "a position set", Positions::Last => "last", Positions::L
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layers {
     /// One layer at about 70% of the depth (layer 20 of SmolLM2-135M's 30, 16 of a 24-layer
-    /// model), chosen by the fidelity measurements in the README.
+    /// model), chosen by the fidelity measurements (docs/method.md, "Choosing the defaults").
     #[default]
     Default,
     /// An inclusive range (clamped to the model).
