@@ -27,5 +27,7 @@ c=(--cmrm "$vec" --out "$out")
 "$cmrm" eval safety "${m[@]}" "${c[@]}" --data vendor/sets/harmful-eval.jsonl --limit "$n" -n "${CMRM_TOKENS:-$tokens}"
 "$cmrm" eval fidelity "${m[@]}" "${c[@]}" --data vendor/sets/harmful-eval.jsonl --limit "$n"
 "$cmrm" eval utility "${m[@]}" "${c[@]}" --data vendor/sets/benign.jsonl
+# Over-refusal on 240 more benign requests, half of them harmful-looking (their own folder).
+"$cmrm" eval utility "${m[@]}" --cmrm "$vec" --out "$out/benign-xs" --data vendor/sets/benign-xs.jsonl
 "$cmrm" analyze gap "${m[@]}" "${c[@]}" --data vendor/sets/harmful-eval.jsonl --limit 32 --conditions image,cmrm,cmrm-sample
 "$cmrm" report --out "$out"

@@ -8,12 +8,13 @@ use crate::embeddings::{EmbeddingCache, EmbeddingStats};
 use crate::error::{Error, Result};
 use crate::ffi::{
     self, ComputeGate, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams,
+    Placement, RpcEndpoint,
 };
 use crate::gguf;
 use crate::template::{ChatTemplate, TemplateOptions};
 
 /// What to load and how to run it (llama.cpp's `-m`, `--mmproj`, `-c`, `-b`, `-ub`, `-t`,
-/// `-tb`, `-ngl`, `-fa`, `-ctk`, `-ctv`, `--no-mmap`, `--mlock`, `--chat-template`).
+/// `-tb`, `-ngl`, `--device`, `--tensor-split`, `--rpc`, `-fa`, `-ctk`, `-ctv`, `--no-mmap`, `--mlock`, `--chat-template`).
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// The text model GGUF.
@@ -32,6 +33,12 @@ pub struct EngineOptions {
     pub n_threads_batch: i32,
     /// Layers offloaded to the GPU (negative = all).
     pub n_gpu_layers: i32,
+    /// Devices to place layers on, by name (`None`: every GPU and RPC server there is).
+    pub devices: Option<Vec<String>>,
+    /// Proportion of the layers for each device (empty: by free memory).
+    pub tensor_split: Vec<f32>,
+    /// RPC servers (llama.cpp's `rpc-server`, or `cmrm rpc-server`) whose devices take layers.
+    pub rpc: Vec<RpcEndpoint>,
     /// How the weights are read.
     pub load_mode: LoadMode,
     /// Flash attention.
@@ -88,6 +95,9 @@ impl EngineOptions {
             n_threads: default_threads(),
             n_threads_batch: default_threads(),
             n_gpu_layers: -1,
+            devices: None,
+            tensor_split: Vec::new(),
+            rpc: Vec::new(),
             load_mode: LoadMode::default(),
             flash_attn: FlashAttn::default(),
             type_k: KvType::default(),
@@ -130,7 +140,13 @@ impl Engine {
             cause,
         };
         gguf::check_file(&options.model, "model").map_err(model_err)?;
-        let model = Model::load(&options.model, options.n_gpu_layers, options.load_mode)?;
+        ffi::add_rpc_servers(&options.rpc)?;
+        let placement = Placement {
+            n_gpu_layers: options.n_gpu_layers,
+            devices: options.devices.clone(),
+            tensor_split: options.tensor_split.clone(),
+        };
+        let model = Model::load(&options.model, &placement, options.load_mode)?;
         let mtmd = match &options.mmproj {
             Some(path) => Some(Mutex::new(load_projector(path, &model, &options)?)),
             None => None,

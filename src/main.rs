@@ -8,6 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     cmrm::ffi::quiet_broken_pipe();
+    cmrm::ffi::install_abort_message();
     let cli = cli::Cli::parse_from(cli::llama_style_args(std::env::args()));
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,17 @@ pub fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
+/// `v` without its component along `dir` (`v - (v.dir / dir.dir) dir`); `v` itself when `dir`
+/// is zero.
+pub fn project_out(v: &[f32], dir: &[f32]) -> Vec<f32> {
+    let dd = dot_f32(dir, dir);
+    if dd <= 0.0 {
+        return v.to_vec();
+    }
+    let k = (dot_f32(v, dir) / dd) as f32;
+    v.iter().zip(dir).map(|(x, y)| x - k * y).collect()
+}
+
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);

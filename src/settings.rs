@@ -24,6 +24,10 @@ pub enum Apply {
     /// minus the text-only state, measured as the graph runs) that lies along the vector
     /// file's safety direction of that layer; the rest of what the image brings stays.
     Project,
+    /// `total` with each layer's shift stripped of its component along the vector file's
+    /// refusal direction (the pure modality shift: what the image moved, without the refusal
+    /// that averaging over harmful anchors adds); needs a file with directions.
+    Pure,
 }
 
 impl Apply {
@@ -74,7 +78,7 @@ macro_rules! named_enum {
     };
 }
 
-named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate", Apply::Project => "project");
+named_enum!(Apply, "an apply rule", Apply::Total => "total", Apply::Increment => "increment", Apply::Interpolate => "interpolate", Apply::Project => "project", Apply::Pure => "pure");
 named_enum!(Positions, "a position set", Positions::Last => "last", Positions::LastPrompt => "last-prompt", Positions::AfterImage => "after-image", Positions::All => "all");
 
 /// Steered layers.
@@ -158,13 +162,14 @@ pub struct SteerConfig {
 
 impl Default for SteerConfig {
     /// The measured defaults: `total` shift at one layer at ~70% depth, on the last prompt
-    /// token and the generated tokens, alpha 1.
+    /// token only (`last-prompt`: nearly the safety gain of `last` at a fraction of its
+    /// fluency cost, docs/measurements.md), alpha 1.
     fn default() -> Self {
         Self {
             alpha: 1.0,
             apply: Apply::Total,
             layers: Layers::Default,
-            positions: Positions::Last,
+            positions: Positions::LastPrompt,
             text_only: false,
         }
     }

@@ -225,7 +225,52 @@ pub struct Safety {
     pub n_benign: usize,
 }
 
+/// How much of the dataset shift lies along the refusal direction, per layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RefusalComponent {
+    /// Cosine between the layer's shift and its refusal (safety) direction.
+    pub cosine: f32,
+    /// Norm of the shift left when its component along the refusal direction is projected out,
+    /// as a fraction of the whole shift's norm (`sqrt(1 - cosine^2)`).
+    pub remaining: f32,
+}
+
 impl CmrmVectors {
+    /// Per layer, the dataset shift's component along the refusal direction (ShiftDC's safety
+    /// direction: the mean text-only state of harmful anchors minus that of benign requests),
+    /// when the file holds directions (`calibrate --method shiftdc`). A dataset vector averaged
+    /// over harmful anchors can carry refusal besides the modality shift; this measures how
+    /// much.
+    pub fn refusal_components(&self) -> Option<Vec<RefusalComponent>> {
+        let safety = self.safety.as_ref()?;
+        Some(
+            self.deltas
+                .iter()
+                .zip(&safety.directions)
+                .map(|(d, s)| {
+                    let cosine = crate::math::cosine(d, s) as f32;
+                    RefusalComponent {
+                        cosine,
+                        remaining: (1.0 - cosine * cosine).max(0.0).sqrt(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The shifts with their component along the refusal direction removed (the pure
+    /// modality shift), when the file holds directions.
+    pub fn without_refusal(&self) -> Option<Vec<Vec<f32>>> {
+        let safety = self.safety.as_ref()?;
+        Some(
+            self.deltas
+                .iter()
+                .zip(&safety.directions)
+                .map(|(d, s)| crate::math::project_out(d, s))
+                .collect(),
+        )
+    }
+
     /// The control-vector rows (layers 1..n_layer-1) for a steering configuration.
     pub fn control_rows(&self, cfg: &SteerConfig) -> Vec<f32> {
         cfg.control_rows(&self.deltas)

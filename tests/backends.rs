@@ -2,7 +2,10 @@
 //! invariants on the CPU and, when `CMRM_BACKEND_REFERENCE` names a file, writes what it
 //! computed there; a `--features vulkan` build (`scripts/test-vulkan.sh`, lavapipe here) runs the
 //! same steps with every layer, `l_out-<il>` and the control vector in device buffers (`-ngl 99`,
-//! the path CUDA and Metal take) and compares them with that CPU reference.
+//! the path CUDA and Metal take) and compares them with that CPU reference. A build linked
+//! against llama.cpp's CUDA libraries (`scripts/gpu-check.sh`) does the same when
+//! `CMRM_BACKEND=cuda`; `CMRM_BACKEND_MODEL` and `CMRM_BACKEND_MMPROJ` then name the model pair
+//! (default: the fixture's SmolLM2).
 
 mod common;
 
@@ -27,13 +30,33 @@ struct Outcome {
     callback: Vec<f32>,
 }
 
-fn load() -> Engine {
+/// The backend this run checks: Vulkan in a `--features vulkan` build, else `CMRM_BACKEND`
+/// (`cuda` in scripts/gpu-check.sh), else the CPU.
+fn backend() -> String {
+    if cfg!(feature = "vulkan") {
+        return "vulkan".into();
+    }
+    std::env::var("CMRM_BACKEND").unwrap_or_else(|_| "cpu".into())
+}
+
+/// The model and projector: `CMRM_BACKEND_MODEL` / `CMRM_BACKEND_MMPROJ`, else the fixture's.
+fn model_pair() -> EngineOptions {
+    let file = |var: &str, name: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| fixture(name))
+    };
     let mut o = EngineOptions::new(
-        fixture("SmolLM2-135M-Instruct.Q4_1.gguf"),
-        Some(fixture("mmproj-smollm2-synthetic.gguf")),
+        file("CMRM_BACKEND_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        Some(file("CMRM_BACKEND_MMPROJ", "mmproj-smollm2-synthetic.gguf")),
     );
+    o.n_gpu_layers = if backend() == "cpu" { 0 } else { 99 };
+    o
+}
+
+fn load() -> Engine {
+    let mut o = model_pair();
     o.n_ctx = 1024;
-    o.n_gpu_layers = if cfg!(feature = "vulkan") { 99 } else { 0 };
     Engine::load(o).unwrap()
 }
 
@@ -56,11 +79,8 @@ fn steered(engine: &Engine, shift: &[Vec<f32>], alpha: f32, m: Mechanism) -> Vec
 #[test]
 fn states_and_steering_agree_across_backends() {
     let engine = load();
-    let backend = if cfg!(feature = "vulkan") {
-        "vulkan"
-    } else {
-        "cpu"
-    };
+    let backend = backend();
+    let backend = backend.as_str();
     let mut reader = StateReader::new(&engine).unwrap();
     let text = reader.states(None, PROMPT, &[]).unwrap();
     let image = reader.states(None, PROMPT, &[photo_image()]).unwrap();
@@ -100,14 +120,15 @@ fn states_and_steering_agree_across_backends() {
         callback,
     };
     let Some(path) = std::env::var_os("CMRM_BACKEND_REFERENCE") else {
-        if cfg!(feature = "vulkan") {
+        if backend != "cpu" {
             panic!(
-                "set CMRM_BACKEND_REFERENCE to a CPU build's output (scripts/test-vulkan.sh does)"
+                "set CMRM_BACKEND_REFERENCE to a CPU run's output (scripts/test-vulkan.sh and \
+                 scripts/gpu-check.sh do)"
             );
         }
         return;
     };
-    if !cfg!(feature = "vulkan") {
+    if backend == "cpu" {
         std::fs::write(&path, serde_json::to_vec(&outcome).unwrap()).unwrap();
         return;
     }
@@ -123,7 +144,7 @@ fn states_and_steering_agree_across_backends() {
         ("cvec", max_rel_diff(&outcome.cvec, &cpu.cvec)),
         ("callback", max_rel_diff(&outcome.callback, &cpu.callback)),
     ];
-    eprintln!("vulkan vs cpu: states {worst_state:.2e}, logits {logits:?}");
+    eprintln!("{backend} vs cpu: states {worst_state:.2e}, logits {logits:?}");
     assert!(
         worst_state < 2e-2,
         "states differ from the CPU's by {worst_state}"
@@ -152,13 +173,9 @@ fn states_and_steering_agree_across_backends() {
 
 #[test]
 fn errors_stay_clean_on_every_backend() {
-    let mut o = EngineOptions::new(
-        fixture("SmolLM2-135M-Instruct.Q4_1.gguf"),
-        Some(fixture("mmproj-smollm2-synthetic.gguf")),
-    );
+    let mut o = model_pair();
     // Too small for two images: a typed error, and the session still works afterwards.
     o.n_ctx = 256;
-    o.n_gpu_layers = if cfg!(feature = "vulkan") { 99 } else { 0 };
     let engine = Engine::load(o).unwrap();
     let mut session = Session::new(&engine, SessionOptions::new()).unwrap();
     let err = session

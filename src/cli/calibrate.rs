@@ -87,8 +87,9 @@ pub struct CalibrateArgs {
     /// Recommended layers A-B (default: one layer at ~70% depth).
     #[arg(long, value_name = "A-B")]
     layers: Option<Layers>,
-    /// Recommended positions.
-    #[arg(long, default_value = "last")]
+    /// Recommended positions (last-prompt: the last prompt token only; last: it and the
+    /// generated tokens; after-image; all).
+    #[arg(long, default_value = "last-prompt")]
     positions: Positions,
 }
 

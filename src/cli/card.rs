@@ -178,6 +178,27 @@ fn render(path: &Path, v: &CmrmVectors, measured: Option<&[(String, String)]>) -
         "- Recommended settings (stored in the file): alpha {}, layers {first}-{last}, rule `{}`, positions `{}`.\n",
         r.alpha, r.apply, r.positions
     );
+    if let Some(refusal) = v.refusal_components() {
+        let (first, last) = r.layer_range(m.n_layer);
+        let steered: Vec<_> = refusal.get(first..=last).unwrap_or(&[]).to_vec();
+        let mean = |f: fn(&cmrm::vectors::RefusalComponent) -> f32| {
+            steered.iter().map(f).sum::<f32>() / steered.len().max(1) as f32
+        };
+        let _ = writeln!(
+            c,
+            "- Refusal component: the file also holds refusal directions ({} harmful vs {} \
+             benign requests). At the recommended layers the shift's cosine with them is {:.2} \
+             on average: {:.0}% of the shift's norm is left when that component is projected \
+             out. Averaged over harmful anchors, the dataset shift carries refusal besides the \
+             modality shift, so it can lower the unsafe rate below the text-only one (and risks \
+             refusing benign image requests); `--cmrm-apply pure` steers with the modality \
+             shift alone.\n",
+            v.safety.as_ref().map_or(0, |s| s.n_harmful),
+            v.safety.as_ref().map_or(0, |s| s.n_benign),
+            mean(|r| r.cosine),
+            mean(|r| r.remaining) * 100.0
+        );
+    }
     let _ = writeln!(c, "### Use it with cmrm\n");
     let _ = writeln!(
         c,
@@ -208,7 +229,7 @@ fn render(path: &Path, v: &CmrmVectors, measured: Option<&[(String, String)]>) -
         "llama.cpp adds a control vector to every token of every request (prompt, image \
          embeddings and generated tokens, text-only conversations too), for the whole server, \
          and never at layer 0. cmrm adds it to image turns only, at the positions `{}` \
-         (`last`: the last prompt token and the generated ones; `all` is what llama.cpp does), \
+         (`last-prompt`: the last prompt token only; `last`: it and the generated ones; `all` is what llama.cpp does), \
          can reach layer 0, turns it on and off per request, and can measure each request's own \
          shift (`--cmrm-sample`).\n",
         r.positions

@@ -232,7 +232,8 @@ impl ConditionPlan {
         let sample = kinds.iter().any(|k| k.is_sample());
         // The project rule (ShiftDC) reads the vector file's safety directions.
         let project = kinds.contains(&Kind::Shiftdc)
-            || (kinds.contains(&Kind::CmrmSample) && args.rules.apply == Some(Apply::Project));
+            || (kinds.contains(&Kind::CmrmSample) && args.rules.apply == Some(Apply::Project))
+            || (dataset && args.rules.apply == Some(Apply::Pure));
         refuse_unused(args, dataset, sample, project)?;
         let vectors = if dataset || project {
             args.vectors.load(model, true)?
@@ -244,7 +245,7 @@ impl ConditionPlan {
             .filter(|(_, v)| project && v.safety.is_none())
         {
             anyhow::bail!(
-                "{}: no safety directions for shiftdc (--cmrm-apply project); calibrate with --method shiftdc --benign FILE",
+                "{}: no safety directions for shiftdc (--cmrm-apply project) or the pure shift (--cmrm-apply pure); calibrate with --method shiftdc --benign FILE",
                 path.display()
             );
         }

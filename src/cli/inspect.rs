@@ -86,10 +86,26 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if let Some(e) = &p.evaluation {
         println!("chosen on:\n{}", e.trim_end());
     }
-    println!("{:>5} {:>12} {:>14}", "layer", "|delta|", "|direction|");
+    let refusal = v.refusal_components();
+    if refusal.is_some() {
+        println!(
+            "refusal component: cos(refusal) is the cosine between a layer's shift and its \
+             refusal direction; 'pure' is the share of the shift's norm left when that component \
+             is projected out (--cmrm-apply pure steers with it)"
+        );
+    }
+    print!("{:>5} {:>12} {:>14}", "layer", "|delta|", "|direction|");
+    if refusal.is_some() {
+        print!(" {:>14} {:>6}", "cos(refusal)", "pure");
+    }
+    println!();
     for (il, d) in delta_norms.iter().enumerate() {
         let dir = direction_norms[il].map_or("-".to_string(), |n| format!("{n:.4}"));
-        println!("{il:>5} {d:>12.4} {dir:>14}");
+        print!("{il:>5} {d:>12.4} {dir:>14}");
+        if let Some(r) = refusal.as_ref().and_then(|r| r.get(il)) {
+            print!(" {:>14.4} {:>5.0}%", r.cosine, r.remaining * 100.0);
+        }
+        println!();
     }
     Ok(())
 }
@@ -141,6 +157,7 @@ fn as_json(args: &InspectArgs, v: &CmrmVectors, deltas: &[f32], dirs: &[Option<f
     let r = &v.recommended;
     let p = &v.provenance;
     let (first, last) = r.layer_range(v.model.n_layer);
+    let refusal = v.refusal_components();
     json!({
         "file": args.file,
         "model": {
@@ -173,8 +190,13 @@ fn as_json(args: &InspectArgs, v: &CmrmVectors, deltas: &[f32], dirs: &[Option<f
             "layers": [first, last],
             "positions": r.positions.to_string(),
         },
-        "layers": deltas.iter().zip(dirs).enumerate().map(|(il, (d, dir))| json!({
-            "layer": il, "delta_norm": d, "direction_norm": dir,
-        })).collect::<Vec<_>>(),
+        "layers": deltas.iter().zip(dirs).enumerate().map(|(il, (d, dir))| {
+            let r = refusal.as_ref().and_then(|r| r.get(il));
+            json!({
+                "layer": il, "delta_norm": d, "direction_norm": dir,
+                "refusal_cosine": r.map(|r| r.cosine),
+                "pure_fraction": r.map(|r| r.remaining),
+            })
+        }).collect::<Vec<_>>(),
     })
 }

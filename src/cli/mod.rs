@@ -13,6 +13,7 @@ mod inspect;
 mod judges;
 mod quantize;
 mod report;
+mod rpc;
 mod serve;
 mod steering;
 mod sweep;
@@ -35,7 +36,7 @@ pub use errors::report;
 /// Restore the safety alignment of quantized vision-language models at inference time (CMRM)
 /// on llama.cpp.
 #[derive(Parser)]
-#[command(name = "cmrm", version, about)]
+#[command(name = "cmrm", version, long_version = rpc::long_version(), about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,6 +68,10 @@ enum Command {
     Card(card::CardArgs),
     /// Quantize a model GGUF with llama.cpp's quantizer (as llama-quantize).
     Quantize(quantize::QuantizeArgs),
+    /// Lend this machine's CPU or GPUs to cmrm or llama.cpp elsewhere (llama.cpp's rpc-server).
+    RpcServer(rpc::RpcServerArgs),
+    /// List the backends and devices this build can compute on, RPC servers included.
+    Devices(rpc::DevicesArgs),
 }
 
 impl Cli {
@@ -84,6 +89,8 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
             Command::Card(args) => card::run(args),
             Command::Quantize(args) => quantize::run(args),
+            Command::RpcServer(args) => rpc::serve(args),
+            Command::Devices(args) => rpc::devices(args),
         }
     }
 }
@@ -103,6 +110,8 @@ pub fn llama_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
             "-ctk" => "--cache-type-k",
             "-ctv" => "--cache-type-v",
             "-np" => "--parallel",
+            "-dev" => "--device",
+            "-ts" => "--tensor-split",
             _ => return a,
         }
         .to_string()
@@ -138,6 +147,17 @@ pub struct ModelArgs {
     /// Layers to offload to the GPU (-ngl; -1 = all).
     #[arg(long = "n-gpu-layers", default_value_t = -1, allow_negative_numbers = true)]
     pub n_gpu_layers: i32,
+    /// Devices to offload to, comma-separated names from `cmrm devices` (-dev; "none": the
+    /// CPU only) [default: every GPU and RPC server].
+    #[arg(long = "device", value_name = "DEV1,DEV2,..", value_delimiter = ',')]
+    pub device: Option<Vec<String>>,
+    /// Fraction of the layers for each device, in order, e.g. 3,1 (-ts) [default: by free memory].
+    #[arg(long = "tensor-split", value_name = "N0,N1,..", value_delimiter = ',', value_parser = parse_proportion)]
+    pub tensor_split: Vec<f32>,
+    /// RPC servers to offload layers to, HOST:PORT,... (started with `cmrm rpc-server` or
+    /// llama.cpp's rpc-server). The protocol has no authentication: use trusted networks only.
+    #[arg(long, value_name = "HOST:PORT,..", value_delimiter = ',')]
+    pub rpc: Vec<cmrm::ffi::RpcEndpoint>,
     /// Flash attention (-fa): on, off or auto.
     #[arg(long = "flash-attn", default_value = "auto")]
     pub flash_attn: FlashAttn,
@@ -229,6 +249,12 @@ impl ModelArgs {
             o.n_threads_batch = t;
         }
         o.n_gpu_layers = self.n_gpu_layers;
+        o.devices = self
+            .device
+            .as_ref()
+            .map(|d| d.iter().filter(|n| n.as_str() != "none").cloned().collect());
+        o.tensor_split = self.tensor_split.clone();
+        o.rpc = self.rpc.clone();
         o.flash_attn = self.flash_attn;
         o.type_k = self.cache_type_k;
         o.type_v = self.cache_type_v;
@@ -472,6 +498,14 @@ impl SamplingArgs {
             ignore_eos: self.ignore_eos,
             stop: Vec::new(),
         })
+    }
+}
+
+/// One `--tensor-split` proportion: a finite number >= 0.
+fn parse_proportion(s: &str) -> std::result::Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?}: a proportion is a number >= 0, e.g. 3,1")),
     }
 }
 

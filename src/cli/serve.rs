@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use cmrm::serve::{Limits, ServeOptions};
+use cmrm::serve::{FrontOptions, Limits, ServeOptions};
 use cmrm::Engine;
 
 use super::steering::SteerArgs;
@@ -78,6 +78,10 @@ pub struct ServeArgs {
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
     anyhow::ensure!(args.parallel >= 1, "--parallel must be at least 1");
+    let worker = std::env::var_os(cmrm::serve::WORKER_ENV).is_some();
+    if !args.model.rpc.is_empty() && !worker {
+        return front(&args);
+    }
     let mut keys: Vec<String> = args
         .api_key
         .iter()
@@ -113,8 +117,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .file_name()
             .map_or("model".into(), |n| n.to_string_lossy().into_owned())
     });
+    let addr = if worker {
+        // The model process behind `front`: loopback, any port.
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 0)
+    } else {
+        SocketAddr::new(args.host, args.port)
+    };
     let options = ServeOptions {
-        addr: SocketAddr::new(args.host, args.port),
+        addr,
         engine,
         steerings,
         queue: args.queue,
@@ -141,6 +151,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
     cmrm::serve::run(options, |addr| {
         eprintln!(
             "cmrm serve: listening on http://{addr} ({parallel} slot(s)); a chat page is at /"
+        );
+    })?;
+    Ok(())
+}
+
+/// With --rpc: the listening front, the model in a child process it restarts when an RPC server
+/// drops (ggml-rpc ends the process then).
+fn front(args: &ServeArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the cmrm program to start")?;
+    let mut worker = vec![exe.to_string_lossy().into_owned()];
+    worker.extend(std::env::args().skip(1));
+    let options = FrontOptions {
+        addr: SocketAddr::new(args.host, args.port),
+        rpc: args.model.rpc.clone(),
+        worker,
+    };
+    cmrm::serve::run_front(options, |addr| {
+        eprintln!(
+            "cmrm serve: listening on http://{addr}; the model runs in a child process, started \
+             again when an RPC server drops; a chat page is at /"
         );
     })?;
     Ok(())

@@ -89,15 +89,20 @@ impl VectorArgs {
 /// How shifts are applied, for every command that steers.
 #[derive(Args, Clone, Debug)]
 pub struct RuleArgs {
-    /// How per-layer total shifts are added: total, increment, interpolate.
+    /// How per-layer shifts are added: total (each layer's shift), increment (the difference
+    /// from the layer below), interpolate (sample-level: toward the text-only state measured
+    /// live), project (ShiftDC: only the part along the refusal direction), pure (total without
+    /// the part along the refusal direction; project and pure need a file calibrated with
+    /// --method shiftdc).
     #[arg(long = "cmrm-apply")]
     pub apply: Option<Apply>,
     /// Steered layers: A-B (inclusive) or a single layer A (default: the file's, else one
     /// layer at ~70% depth).
     #[arg(long = "cmrm-layers", value_name = "A-B")]
     pub layers: Option<Layers>,
-    /// Steered tokens: last (last prompt token and generated tokens), last-prompt (the last
-    /// prompt token only), after-image, all.
+    /// Steered tokens: last-prompt (the last prompt token only; the default), last (the last
+    /// prompt token and the generated tokens), after-image, all [default: the file's, else
+    /// last-prompt].
     #[arg(long = "cmrm-positions")]
     pub positions: Option<Positions>,
     /// Meaningless image of sample-level shifts: blank, noise, noise:SEED, anchor (the input's

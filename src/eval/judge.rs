@@ -153,6 +153,22 @@ pub struct Agreement {
     pub unparseable: usize,
 }
 
+/// The refusal-phrase judge's measured agreement with the 48 hand labels of
+/// `vendor/sets/judge-labels.jsonl` (`cmrm eval judges`; a test recomputes it): the rate and
+/// Cohen's kappa. Every unsafe and over-refusal rate it gives carries this error.
+pub const REFUSAL_JUDGE_AGREEMENT: (f64, f64) = (0.7917, 0.5882);
+
+/// The line printed under every table of rates the refusal-phrase judge gave.
+pub fn refusal_judge_note() -> String {
+    let (rate, kappa) = REFUSAL_JUDGE_AGREEMENT;
+    format!(
+        "Judge: refusal phrases, which agree with 48 hand labels {:.0}% of the time (Cohen's \
+         kappa {kappa:.2}; `cmrm eval judges`): each rate above carries that error; compare \
+         conditions on the same items rather than reading one rate alone.\n",
+        rate * 100.0
+    )
+}
+
 /// Agreement of `verdicts` with `labels` (pairs in order).
 pub fn agreement(labels: &[Verdict], verdicts: &[Verdict]) -> Agreement {
     let pairs: Vec<(bool, bool)> = labels

@@ -180,6 +180,14 @@ pub fn table(summaries: &[SafetySummary]) -> String {
             });
         }
     }
+    s.push('\n');
+    s.push_str(&super::judge::refusal_judge_note());
+    if both {
+        s.push_str(
+            "The LLM judge's own agreement with the hand labels is `cmrm eval judges`'s to \
+             measure; on the fixture's Qwen2.5-0.5B it was chance (kappa 0).\n",
+        );
+    }
     s
 }
 

@@ -135,6 +135,8 @@ pub fn table(summaries: &[UtilitySummary]) -> String {
             r.accuracy.2
         ));
     }
+    s.push('\n');
+    s.push_str(&super::judge::refusal_judge_note());
     s
 }
 

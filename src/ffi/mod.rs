@@ -5,6 +5,7 @@
 //! that sees and edits `l_out-<il>` tensors), [`Mtmd`] (the multimodal projector) and the
 //! llama.cpp log capture used to turn llama.cpp's own messages into clear errors.
 
+mod backend;
 mod compute;
 mod context;
 mod hook;
@@ -14,11 +15,15 @@ mod mtmd;
 mod quantize;
 mod sampler;
 
+pub use backend::{
+    add_rpc_servers, backends, devices, install_abort_message, serve_rpc, DeviceInfo, DeviceKind,
+    RpcEndpoint,
+};
 pub use compute::ComputeGate;
 pub use context::{Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
 pub use log::{init_backend, last_errors};
-pub use model::{apply_builtin_template, LoadMode, Model};
+pub use model::{apply_builtin_template, LoadMode, Model, Placement};
 pub use mtmd::{Bitmap, ChunkKind, Chunks, Mtmd, MtmdParams};
 pub use quantize::{quantize, QuantizeParams};
 pub use sampler::{json_schema_to_grammar, Sampler};
@@ -35,6 +40,17 @@ pub fn quiet_broken_pipe() {
     // start before any thread is spawned, and installs no Rust handler.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Asks process `pid` to stop (SIGTERM), as `kill` does; a process already gone is ignored.
+pub fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) with a positive pid and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
 }
 

@@ -23,6 +23,17 @@ pub enum LoadMode {
     ReadLocked,
 }
 
+/// Where a model's layers go (llama.cpp's `-ngl`, `--device`, `--tensor-split`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Placement {
+    /// Layers offloaded to devices other than the CPU (negative = all).
+    pub n_gpu_layers: i32,
+    /// Devices to place layers on, by name (`None`: every GPU and RPC device there is).
+    pub devices: Option<Vec<String>>,
+    /// Proportion of the layers for each device, in order (empty: by free memory).
+    pub tensor_split: Vec<f32>,
+}
+
 /// A GGUF text model loaded by llama.cpp.
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
@@ -35,20 +46,49 @@ unsafe impl Send for Model {}
 unsafe impl Sync for Model {}
 
 impl Model {
-    /// Loads a GGUF model; `n_gpu_layers` as llama.cpp's `-ngl` (negative = all).
-    pub fn load(path: &Path, n_gpu_layers: i32, mode: LoadMode) -> Result<Self> {
+    /// Loads a GGUF model; `n_gpu_layers` as llama.cpp's `-ngl` (negative = all), on the
+    /// devices of ggml's registry (local GPUs and RPC servers added before).
+    pub fn load(path: &Path, placement: &Placement, mode: LoadMode) -> Result<Self> {
         let c = c_path(path)?;
         // SAFETY: plain constructor of a parameter struct.
         let mut params = unsafe { sys::llama_model_default_params() };
-        params.n_gpu_layers = n_gpu_layers;
+        params.n_gpu_layers = placement.n_gpu_layers;
         params.load_mode = match mode {
             LoadMode::Mmap => sys::LLAMA_LOAD_MODE_AUTO,
             LoadMode::Read => sys::LLAMA_LOAD_MODE_NONE,
             LoadMode::MmapLocked => sys::LLAMA_LOAD_MODE_MMAP_MLOCK,
             LoadMode::ReadLocked => sys::LLAMA_LOAD_MODE_MLOCK,
         };
-        // SAFETY: `c` is a valid NUL-terminated path that outlives the call; params is valid.
+        // llama.cpp reads `devices` (NULL-terminated) and `tensor_split` (llama_max_devices()
+        // floats) during the call only; both vectors outlive it.
+        let mut devices: Vec<sys::ggml_backend_dev_t> = match &placement.devices {
+            Some(names) => names
+                .iter()
+                .map(|n| super::backend::device_by_name(n))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        if placement.devices.is_some() {
+            devices.push(std::ptr::null_mut());
+            params.devices = devices.as_mut_ptr();
+        }
+        // SAFETY: a plain query.
+        let max = unsafe { sys::llama_max_devices() };
+        if placement.tensor_split.len() > max {
+            return Err(Error::Invalid(format!(
+                "--tensor-split: {} proportions given, this build places on at most {max} devices",
+                placement.tensor_split.len()
+            )));
+        }
+        let mut split = placement.tensor_split.clone();
+        split.resize(max, 0.0);
+        if !placement.tensor_split.is_empty() {
+            params.tensor_split = split.as_ptr();
+        }
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call; params is valid and
+        // the arrays it points to (devices, split) live until after the call.
         let ptr = unsafe { sys::llama_model_load_from_file(c.as_ptr(), params) };
+        drop((devices, split));
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Self { ptr }),
             None => Err(Error::ModelFile {

@@ -3,6 +3,7 @@
 //! a `cmrm` extension object, and a page to try it at `/`.
 
 mod api;
+mod front;
 mod http;
 mod metrics;
 mod request;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{ApiError, CmrmRequest};
+pub use front::{run_front, FrontOptions, WORKER_ENV};
 pub use request::Limits;
 
 use crate::engine::Engine;

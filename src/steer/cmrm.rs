@@ -337,6 +337,7 @@ impl Steering for CmrmSteering {
                     .zip(&corrupt_states)
                     .map(|(t, c)| crate::math::sub(t, c))
                     .collect();
+                let shift = self.pure(shift, &config)?;
                 self.hooks_for(&shift, &config)?
             }
         } else {
@@ -346,6 +347,7 @@ impl Steering for CmrmSteering {
                 )
             })?;
             tag = fnv(&format!("{tag} {}", self.vectors_id));
+            let deltas = self.pure(deltas, &config)?;
             self.hooks_for(&deltas, &config)?
         };
         let tag = tag | 1;
@@ -363,6 +365,24 @@ impl Steering for CmrmSteering {
 }
 
 impl CmrmSteering {
+    /// The shifts the `pure` rule adds: each stripped of its component along the file's
+    /// refusal direction; other rules keep them as they are.
+    fn pure(&self, shifts: Vec<Vec<f32>>, config: &SteerConfig) -> Result<Vec<Vec<f32>>> {
+        if config.apply != Apply::Pure {
+            return Ok(shifts);
+        }
+        let dirs = self.safety.as_ref().ok_or_else(|| {
+            Error::Steering(
+                "the pure rule needs the vector file's refusal directions: calibrate with --method shiftdc --benign FILE".into(),
+            )
+        })?;
+        Ok(shifts
+            .iter()
+            .zip(dirs)
+            .map(|(d, s)| crate::math::project_out(d, s))
+            .collect())
+    }
+
     fn hooks_for(&self, deltas: &[Vec<f32>], config: &SteerConfig) -> Result<Box<dyn TurnHooks>> {
         debug_assert_eq!(deltas.len(), self.n_layer);
         debug_assert!(deltas.iter().all(|d| d.len() == self.n_embd));
