@@ -36,7 +36,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
   exit 1
 }
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+arch=${arch:-90}
 payload=$root/gpu-payload
 
 # --- build ---------------------------------------------------------------------------------
@@ -96,8 +97,8 @@ stamp "models ready"
 # --- backend tests: the CPU of this machine, then the GPU, compared -------------------------
 export CMRM_BACKEND_MODEL=$small CMRM_BACKEND_MMPROJ=$work/mmproj-576.gguf
 export CMRM_BACKEND_REFERENCE=$out/cpu-reference.json
-CMRM_BACKEND=cpu "$tests" --test-threads=1 --nocapture 2>&1 | tee "$out/test-cpu.log" | grep -E '^cpu|test result|panicked'
-CMRM_BACKEND=cuda "$tests" --test-threads=1 --nocapture 2>&1 | tee "$out/test-cuda.log" | grep -E '^cuda|test result|panicked'
+CMRM_BACKEND=cpu "$tests" --test-threads=1 --nocapture 2>&1 | tee "$out/test-cpu.log" | grep -E '^cpu|test result|panicked' || true
+CMRM_BACKEND=cuda "$tests" --test-threads=1 --nocapture 2>&1 | tee "$out/test-cuda.log" | grep -E '^cuda|test result|panicked' || true
 tests_ok=no
 grep -q 'test result: ok. 2 passed' "$out/test-cuda.log" && tests_ok=yes
 stamp "backend tests: $tests_ok"
@@ -105,7 +106,8 @@ stamp "backend tests: $tests_ok"
 # --- speed ---------------------------------------------------------------------------------
 vec=$work/big.cmrm.gguf
 [ -f "$vec" ] || "$bin" calibrate -m "$big" --mmproj "$work/mmproj-2048.gguf" -ngl 99 \
-  --anchors vendor/sets/harmful-anchors.jsonl --limit 8 --corruption blank -o "$vec" 2>/dev/null
+  --anchors vendor/sets/harmful-anchors.jsonl --limit 8 --corruption blank -o "$vec" 2>"$out/calibrate.log" ||
+  echo "gpu-check: calibration failed (see calibrate.log); the steered rows will be empty"
 # prompt ms and generation tok/s from `cmrm chat -v`'s timing line.
 run() {
   "$bin" chat -m "$big" --mmproj "$work/mmproj-2048.gguf" --image vendor/images/astronaut.jpg \
