@@ -156,7 +156,7 @@ pub struct Agreement {
 /// The refusal-phrase judge's measured agreement with the 48 hand labels of
 /// `vendor/sets/judge-labels.jsonl` (`cmrm eval judges`; a test recomputes it): the rate and
 /// Cohen's kappa. Every unsafe and over-refusal rate it gives carries this error.
-pub const REFUSAL_JUDGE_AGREEMENT: (f64, f64) = (0.7917, 0.5882);
+pub const REFUSAL_JUDGE_AGREEMENT: (f64, f64) = (0.7917, 0.5918);
 
 /// The line printed under every table of rates the refusal-phrase judge gave.
 pub fn refusal_judge_note() -> String {

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,11 +63,12 @@ pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Resul
              starts the model again as soon as they answer; try again shortly"
         ));
         let child = Arc::new(AtomicU32::new(0));
-        let supervisor = {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut supervisor = {
             let rpc = options.rpc.clone();
             let worker = options.worker.clone();
-            let child = child.clone();
-            tokio::task::spawn_blocking(move || supervise(&worker, &rpc, &up_tx, &child))
+            let (child, stopping) = (child.clone(), stopping.clone());
+            tokio::task::spawn_blocking(move || supervise(&worker, &rpc, &up_tx, &child, &stopping))
         };
         let accept = async {
             loop {
@@ -85,21 +86,17 @@ pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Resul
             }
         };
         tokio::select! {
-            r = supervisor => r.map_err(|e| Error::Invalid(e.to_string()))?,
+            r = &mut supervisor => r.map_err(|e| Error::Invalid(e.to_string()))?,
             _ = accept => Ok(()),
             _ = super::shutdown_signal() => {
                 eprintln!("cmrm serve: stopping the model process");
+                stopping.store(true, Ordering::SeqCst);
                 let pid = child.load(Ordering::SeqCst);
                 if pid != 0 {
                     crate::ffi::terminate(pid);
-                    // Its own shutdown finishes the requests under way (30 s at most).
-                    for _ in 0..350 {
-                        if child.load(Ordering::SeqCst) != pid {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
                 }
+                // Its own shutdown finishes the requests under way (30 s at most).
+                let _ = tokio::time::timeout(Duration::from_secs(35), supervisor).await;
                 Ok(())
             }
         }
@@ -113,6 +110,7 @@ fn supervise(
     rpc: &[RpcEndpoint],
     up: &watch::Sender<Option<SocketAddr>>,
     current: &AtomicU32,
+    stopping: &AtomicBool,
 ) -> Result<()> {
     let (program, args) = worker
         .split_first()
@@ -154,6 +152,9 @@ fn supervise(
         current.store(0, Ordering::SeqCst);
         let _ = up.send(None);
         let was_ready = reader.join().unwrap_or(false);
+        if stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if !was_ready && status.code() != Some(RPC_LOST) {
             return Err(Error::Invalid(format!(
                 "the model process ended before it was ready ({status})"
@@ -167,6 +168,9 @@ fn supervise(
             .iter()
             .any(|e| e.reachable(Duration::from_secs(2)).is_err())
         {
+            if stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_secs(1));
         }
         eprintln!("cmrm serve: the RPC servers answer; starting the model again");
@@ -175,39 +179,36 @@ fn supervise(
 
 /// Copies the connection to and from the model process; a 503 when it drops the request
 /// before answering a byte.
-async fn pass_through(mut conn: TcpStream, child: SocketAddr, busy: &str) {
-    let Ok(mut upstream) = TcpStream::connect(child).await else {
+async fn pass_through(conn: TcpStream, child: SocketAddr, busy: &str) {
+    let Ok(upstream) = TcpStream::connect(child).await else {
         return unavailable(conn, busy).await;
     };
-    let sent = {
-        let (mut cr, mut cw) = conn.split();
-        let (mut ur, mut uw) = upstream.split();
-        let to_child = async {
-            let _ = tokio::io::copy(&mut cr, &mut uw).await;
-            let _ = uw.shutdown().await;
-        };
-        let from_child = async {
-            let mut sent = 0u64;
-            let mut buf = vec![0u8; 16 << 10];
-            loop {
-                match ur.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return sent;
-                        }
-                        sent += n as u64;
-                    }
+    let (mut cr, mut cw) = conn.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    // The client's bytes go on for as long as the client sends; the connection ends when the
+    // model process stops answering (its answer is complete, or it is gone).
+    let to_child = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut cr, &mut uw).await;
+        let _ = uw.shutdown().await;
+    });
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match ur.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
+                sent += n as u64;
             }
-            sent
-        };
-        tokio::join!(to_child, from_child).1
-    };
-    if sent == 0 {
-        let _ = conn.write_all(response(busy).as_bytes()).await;
+        }
     }
-    let _ = conn.shutdown().await;
+    to_child.abort();
+    if sent == 0 {
+        let _ = cw.write_all(response(busy).as_bytes()).await;
+    }
+    let _ = cw.shutdown().await;
 }
 
 /// Reads the request head (2 s, 64 KiB at most) and answers 503.
