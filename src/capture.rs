@@ -111,11 +111,15 @@ impl GraphHook for LayerCapture {
     }
 }
 
-/// Locks a shared capture.
+/// Locks a shared capture; a poison left by a panic in the capture is cleared and reported
+/// once, as [`Error::Internal`].
 pub fn lock(capture: &Mutex<LayerCapture>) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {
-    capture
-        .lock()
-        .map_err(|_| Error::Invalid("a state capture was poisoned by a panic".into()))
+    capture.lock().map_err(|_| {
+        capture.clear_poison();
+        Error::Internal(
+            "a state capture panicked; the work was abandoned and the capture reset".into(),
+        )
+    })
 }
 
 /// Upcasts a typed capture for [`SessionOptions::observer`].

@@ -14,6 +14,10 @@ pub struct EmbeddingStats {
     pub reused: u64,
 }
 
+/// A content key: SHA-256, so that requests of different clients, which share the cache,
+/// cannot make one image's embeddings pass for another's.
+pub type Key = [u8; 32];
+
 /// A byte-bounded LRU cache of image-chunk embeddings keyed by content.
 #[derive(Debug)]
 pub struct EmbeddingCache {
@@ -26,7 +30,7 @@ pub struct EmbeddingCache {
 
 #[derive(Debug)]
 struct Entry {
-    key: u64,
+    key: Key,
     embd: Arc<Vec<f32>>,
     last_use: u64,
 }
@@ -44,7 +48,7 @@ impl EmbeddingCache {
     }
 
     /// The embeddings of `key`, when cached (counted as a reuse).
-    pub fn get(&mut self, key: u64) -> Option<Arc<Vec<f32>>> {
+    pub fn get(&mut self, key: Key) -> Option<Arc<Vec<f32>>> {
         self.clock += 1;
         let now = self.clock;
         let e = self.entries.iter_mut().find(|e| e.key == key)?;
@@ -55,7 +59,7 @@ impl EmbeddingCache {
 
     /// Records a fresh encode of `key` and keeps its embeddings if they fit the budget,
     /// evicting the least recently used entries.
-    pub fn insert(&mut self, key: u64, embd: Arc<Vec<f32>>) {
+    pub fn insert(&mut self, key: Key, embd: Arc<Vec<f32>>) {
         self.stats.encoded += 1;
         let size = embd.len() * std::mem::size_of::<f32>();
         if size > self.budget || self.entries.iter().any(|e| e.key == key) {
@@ -91,15 +95,16 @@ mod tests {
     #[test]
     fn least_recently_used_entries_leave_first_and_counts_are_kept() {
         let e = |n: usize| Arc::new(vec![0.0f32; n]);
+        let k = |i: u8| [i; 32];
         let mut c = EmbeddingCache::new(40); // ten floats
-        c.insert(1, e(4));
-        c.insert(2, e(4));
-        assert!(c.get(1).is_some());
-        c.insert(3, e(4)); // evicts 2, the least recently used
-        assert!(c.get(2).is_none());
-        assert!(c.get(1).is_some() && c.get(3).is_some());
-        c.insert(4, e(11)); // larger than the budget: not kept
-        assert!(c.get(4).is_none());
+        c.insert(k(1), e(4));
+        c.insert(k(2), e(4));
+        assert!(c.get(k(1)).is_some());
+        c.insert(k(3), e(4)); // evicts 2, the least recently used
+        assert!(c.get(k(2)).is_none());
+        assert!(c.get(k(1)).is_some() && c.get(k(3)).is_some());
+        c.insert(k(4), e(11)); // larger than the budget: not kept
+        assert!(c.get(k(4)).is_none());
         assert_eq!(
             c.stats(),
             EmbeddingStats {
@@ -108,7 +113,7 @@ mod tests {
             }
         );
         let mut off = EmbeddingCache::new(0);
-        off.insert(1, e(1));
-        assert!(off.get(1).is_none());
+        off.insert(k(1), e(1));
+        assert!(off.get(k(1)).is_none());
     }
 }

@@ -180,11 +180,11 @@ impl Engine {
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The embeddings of the image chunk with content `key`: from the cache, else `encode`d
-    /// and kept.
+    /// The embeddings of the image chunk with content `key` (a SHA-256 digest): from the
+    /// cache, else `encode`d and kept.
     pub fn image_embeddings(
         &self,
-        key: u64,
+        key: [u8; 32],
         encode: impl FnOnce() -> Result<Vec<f32>>,
     ) -> Result<Arc<Vec<f32>>> {
         let cache = || self.embeddings.lock().unwrap_or_else(|e| e.into_inner());

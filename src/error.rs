@@ -120,6 +120,10 @@ pub enum Error {
     /// The work was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+    /// A part of cmrm failed (a panic it caught, e.g. in a steering hook); the work was
+    /// abandoned and the part reset.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

@@ -58,7 +58,6 @@ pub mod progress;
 pub mod quant;
 pub mod report;
 pub mod sampling;
-#[cfg(feature = "llama")]
 pub mod serve;
 #[cfg(feature = "llama")]
 pub mod session;

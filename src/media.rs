@@ -27,19 +27,21 @@ fn image_error(source: &str, cause: impl Into<String>) -> Error {
     }
 }
 
-/// An RGB image with a content hash, so that the same picture is recognised in a prompt cache,
-/// and the file bytes it was decoded from (llama.cpp decodes those itself, for the same pixels
-/// as its own tools).
+/// An RGB image with a content digest, so that the same picture is recognised in a prompt
+/// cache and in the engine's embedding cache (which requests of different clients share: the
+/// digest is SHA-256, so that no client can make an image pass for another's), and the file
+/// bytes it was decoded from (llama.cpp decodes those itself, for the same pixels as its own
+/// tools).
 #[derive(Clone, Debug)]
 pub struct Image {
     pixels: RgbImage,
-    hash: u64,
+    digest: [u8; 32],
     encoded: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl PartialEq for Image {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.pixels == other.pixels
+        self.digest == other.digest && self.pixels == other.pixels
     }
 }
 
@@ -51,9 +53,16 @@ impl Image {
         &self.pixels
     }
 
-    /// A hash of the size and pixels (FNV-1a, 64 bits).
+    /// The SHA-256 digest of the size and pixels.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// The first 64 bits of [`Image::digest`], for keys that only choose (e.g. a slot).
     pub fn hash(&self) -> u64 {
-        self.hash
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.digest[..8]);
+        u64::from_le_bytes(first)
     }
 
     /// The file bytes the image was decoded from, when it came from a file or data URI.
@@ -73,14 +82,14 @@ impl Image {
 
 impl From<RgbImage> for Image {
     fn from(pixels: RgbImage) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let dims = [pixels.width().to_le_bytes(), pixels.height().to_le_bytes()];
-        for &b in dims.iter().flatten().chain(pixels.as_raw()) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(pixels.width().to_le_bytes());
+        h.update(pixels.height().to_le_bytes());
+        h.update(pixels.as_raw());
         Self {
             pixels,
-            hash: h,
+            digest: h.finalize().into(),
             encoded: None,
         }
     }
@@ -161,25 +170,23 @@ pub fn decode_base64(text: &str) -> std::result::Result<Vec<u8>, String> {
         .map_err(|e| format!("invalid base64 ({e})"))
 }
 
-/// Decodes image bytes (PNG, JPEG, BMP, GIF, WebP); `what` names the source in errors.
-pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
+/// The width and height image bytes declare in their header (PNG, JPEG, BMP, GIF, WebP),
+/// read without decoding the pixels and checked against [`MAX_SIDE`] and [`MAX_PIXELS`];
+/// `what` names the source in errors.
+pub fn dimensions(bytes: &[u8], what: &str) -> Result<(u32, u32)> {
     if bytes.is_empty() {
         return Err(image_error(what, "image file is empty (0 bytes)"));
     }
-    let open = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| image_error(what, format!("cannot read image ({e})")))
-    };
-    let mut reader = open()?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| image_error(what, format!("cannot read image ({e})")))?;
     if reader.format().is_none() {
         return Err(image_error(
             what,
             "not an image cmrm can read (PNG, JPEG, BMP, GIF or WebP)",
         ));
     }
-    // The size the header declares, checked before a decoder allocates for it.
-    let (w, h) = open()?.into_dimensions().map_err(|e| {
+    let (w, h) = reader.into_dimensions().map_err(|e| {
         image_error(
             what,
             format!("not a readable PNG, JPEG, BMP, GIF or WebP image ({e}); check the file is complete"),
@@ -194,6 +201,16 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
             ),
         ));
     }
+    Ok((w, h))
+}
+
+/// Decodes image bytes (PNG, JPEG, BMP, GIF, WebP); `what` names the source in errors.
+pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage> {
+    // The size the header declares, checked before a decoder allocates for it.
+    dimensions(bytes, what)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| image_error(what, format!("cannot read image ({e})")))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -306,6 +323,39 @@ impl fmt::Display for Corruption {
     }
 }
 
+/// Corruption images made so far: the most recently used few are kept, as a request may name
+/// any `noise:SEED` and each new seed would otherwise add an image for good.
+#[derive(Debug, Default)]
+pub struct CorruptionImages {
+    kept: Vec<(Corruption, Image)>,
+}
+
+/// Corruption images kept at most.
+pub const CORRUPTIONS_KEPT: usize = 8;
+
+impl CorruptionImages {
+    /// The image of `corruption` (its generic image: input 0, no image of its own).
+    pub fn get(&mut self, corruption: &Corruption) -> Result<Image> {
+        if let Some(i) = self.kept.iter().position(|(c, _)| c == corruption) {
+            let entry = self.kept.remove(i);
+            let image = entry.1.clone();
+            self.kept.push(entry);
+            return Ok(image);
+        }
+        let image = Image::from(corruption.image(None, 0)?);
+        if self.kept.len() >= CORRUPTIONS_KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push((corruption.clone(), image.clone()));
+        Ok(image)
+    }
+
+    /// Images kept now.
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+}
+
 impl Corruption {
     /// The name stored in vector files: like [`Display`](fmt::Display), with only the file
     /// name of a user image.
@@ -362,6 +412,37 @@ mod tests {
         assert!(decode(&[], "x").unwrap_err().to_string().contains("empty"));
         let e = decode(b"hello", "x.png").unwrap_err().to_string();
         assert!(e.contains("x.png") && e.contains("not an image"), "{e}");
+    }
+
+    #[test]
+    fn images_are_keyed_by_the_sha256_of_size_and_pixels() {
+        let one = Image::from(RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 0])));
+        let two = Image::from(RgbImage::from_raw(2, 1, vec![9, 8, 7, 6, 5, 4]).unwrap());
+        let hex = |i: &Image| -> String { i.digest().iter().map(|b| format!("{b:02x}")).collect() };
+        assert_eq!(
+            hex(&one),
+            "b22be9bb5bee6492d2799e4550659a3ecfb8ba90cb80aed08c370f4086556744"
+        );
+        assert_eq!(
+            hex(&two),
+            "bbcc9db55da86cbd75664e30990652ede2b8d054d9ada377504c3cc141894332"
+        );
+    }
+
+    #[test]
+    fn corruption_images_kept_are_bounded_whatever_the_seeds() {
+        let mut kept = CorruptionImages::default();
+        let first = kept.get(&Corruption::Noise(0)).unwrap();
+        for seed in 1..100 {
+            kept.get(&Corruption::Noise(seed)).unwrap();
+            assert!(kept.kept() <= CORRUPTIONS_KEPT);
+        }
+        assert_eq!(kept.kept(), CORRUPTIONS_KEPT);
+        assert_eq!(kept.get(&Corruption::Noise(0)).unwrap(), first);
+        assert_eq!(
+            kept.get(&Corruption::Blank).unwrap().pixels(),
+            &blank(CORRUPTION_SIZE)
+        );
     }
 
     #[test]

@@ -3,168 +3,19 @@
 //! headless Chromium.
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-
-/// A server process, stopped with SIGTERM when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cmrm"))
-            .args([
-                "serve",
-                "-m",
-                s(&model()),
-                "--mmproj",
-                s(&mmproj()),
-                "-t",
-                "2",
-                "--port",
-                "0",
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                log2.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the server did not start: {}", log.lock().unwrap()));
-        Self { child, base, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Sends SIGTERM and waits; the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(40),
-                "the server did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-/// POSTs `body` (raw bytes) with an optional key; (status, JSON body).
-fn post(url: &str, key: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut req = agent().post(url).header("Content-Type", "application/json");
-    if let Some(k) = key {
-        req = req.header("Authorization", &format!("Bearer {k}"));
-    }
-    let mut resp = req.send(body).unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
-
-fn get(url: &str, key: Option<&str>) -> (u16, String) {
-    let mut req = agent().get(url);
-    if let Some(k) = key {
-        req = req.header("X-Api-Key", k);
-    }
-    let mut resp = req.call().unwrap();
-    (
-        resp.status().as_u16(),
-        resp.body_mut().read_to_string().unwrap_or_default(),
-    )
-}
-
-fn image_uri(path: &Path) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
-    format!("data:image/jpeg;base64,{b64}")
-}
-
-fn chat_body(url: &str, text: &str, extra: serde_json::Value) -> Vec<u8> {
-    let mut body = serde_json::json!({
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}},
-            {"type": "text", "text": text}]}],
-        "max_tokens": 8,
-        "temperature": 0
-    });
-    if let (Some(b), serde_json::Value::Object(e)) = (body.as_object_mut(), extra) {
-        b.extend(e);
-    }
-    serde_json::to_vec(&body).unwrap()
-}
-
-fn assert_error(status: u16, body: &serde_json::Value, want: u16, needle: &str) {
-    assert_eq!(status, want, "{body}");
-    let e = &body["error"];
-    assert_eq!(e["code"], want, "{body}");
-    assert!(e["type"].is_string(), "{body}");
-    let msg = e["message"].as_str().unwrap_or("");
-    assert!(msg.contains(needle), "{needle:?} not in {body}");
-}
+use server::*;
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cmrm-serve-{}-{name}", std::process::id()));

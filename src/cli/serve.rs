@@ -43,9 +43,14 @@ pub struct ServeArgs {
     /// A file of API keys, one per line (# starts a comment).
     #[arg(long = "api-key-file")]
     api_key_file: Option<PathBuf>,
-    /// Seconds a request may take to send its body or wait for a slot.
+    /// Seconds a request may take to send its body or wait for a slot, and a streaming client
+    /// may read nothing before its answer is stopped (a request's header must come within
+    /// the smaller of this and 30 s).
     #[arg(long = "timeout", short = 'o', default_value_t = 600)]
     timeout: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[arg(long = "max-connections", default_value_t = 128)]
+    max_connections: usize,
     /// Serve file:// images from below this folder.
     #[arg(long = "media-path")]
     media_path: Option<PathBuf>,
@@ -55,8 +60,9 @@ pub struct ServeArgs {
     /// Largest image, in bytes.
     #[arg(long = "max-image-bytes", default_value_t = 20 << 20)]
     max_image_bytes: usize,
-    /// Largest image, in pixels.
-    #[arg(long = "max-image-pixels", default_value_t = 8192 * 8192)]
+    /// Largest image, in pixels (at most cmrm's own limit, the default), checked from the
+    /// image's header before it is decoded.
+    #[arg(long = "max-image-pixels", default_value_t = cmrm::media::MAX_PIXELS)]
     max_image_pixels: u64,
     /// Most images in one request.
     #[arg(long = "max-images", default_value_t = 8)]
@@ -78,7 +84,20 @@ pub struct ServeArgs {
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
     anyhow::ensure!(args.parallel >= 1, "--parallel must be at least 1");
-    let worker = std::env::var_os(cmrm::serve::WORKER_ENV).is_some();
+    anyhow::ensure!(
+        args.max_connections >= 1,
+        "--max-connections must be at least 1"
+    );
+    anyhow::ensure!(args.timeout >= 1, "--timeout must be at least 1 second");
+    anyhow::ensure!(
+        args.max_image_pixels <= cmrm::media::MAX_PIXELS,
+        "--max-image-pixels {} is above cmrm's limit of {} pixels; give at most that",
+        args.max_image_pixels,
+        cmrm::media::MAX_PIXELS
+    );
+    // Behind the --rpc front: the address its clients reach.
+    let front_addr = std::env::var(cmrm::serve::WORKER_ENV).ok();
+    let worker = front_addr.is_some();
     if !args.model.rpc.is_empty() && !worker {
         return front(&args);
     }
@@ -146,6 +165,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         metrics: args.metrics,
         n_ctx: args.model.ctx_size as usize,
+        max_connections: args.max_connections,
+        public: front_addr.and_then(|a| a.parse().ok()),
     };
     let parallel = args.parallel;
     cmrm::serve::run(options, |addr| {

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use llama_cpp_sys_2 as sys;
 
@@ -101,9 +101,9 @@ pub(super) unsafe extern "C" fn trampoline(
         let Ok(name) = name.to_str() else {
             return false;
         };
-        let Ok(mut hook) = hook.lock() else {
-            return false;
-        };
+        // A panic in an earlier call poisoned the lock: go on with the hook, leaving the
+        // poison for the hook's owner to report (e.g. `CallbackPhases` fails the turn).
+        let mut hook = hook.lock().unwrap_or_else(PoisonError::into_inner);
         if ask {
             return is_row_tensor(tensor) && hook.wants(name);
         }
@@ -121,15 +121,16 @@ pub struct HookChain(pub Vec<SharedHook>);
 
 impl GraphHook for HookChain {
     fn wants(&self, name: &str) -> bool {
-        self.0.iter().any(|h| h.lock().is_ok_and(|h| h.wants(name)))
+        self.0
+            .iter()
+            .any(|h| h.lock().unwrap_or_else(PoisonError::into_inner).wants(name))
     }
 
     fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {
         for h in &self.0 {
-            if let Ok(mut h) = h.lock() {
-                if h.wants(name) {
-                    h.observe(name, t);
-                }
+            let mut h = h.lock().unwrap_or_else(PoisonError::into_inner);
+            if h.wants(name) {
+                h.observe(name, t);
             }
         }
     }

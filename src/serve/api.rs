@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::session::{Applied, Layers, Positions, SteerOverride};
+use crate::settings::{Layers, Positions, SteerOverride};
 
 /// An HTTP error with OpenAI's body: `{"error": {"code", "message", "type"}}`.
 #[derive(Debug)]
@@ -66,8 +66,39 @@ impl From<crate::Error> for ApiError {
     }
 }
 
-/// `POST /v1/chat/completions` body (the fields cmrm reads; others are ignored as OpenAI
-/// clients send many).
+/// Fields of OpenAI's chat-completions request that only inform OpenAI's own bookkeeping (or
+/// ask for what cmrm always does, like llama.cpp's `cache_prompt`): accepted and ignored.
+const INFORMATIONAL: &[&str] = &[
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "verbosity",
+    "cache_prompt",
+];
+
+/// Documented fields cmrm does not implement: refused unless empty (null, false, `[]`, or
+/// `modalities: ["text"]`).
+const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// `POST /v1/chat/completions` body: the fields cmrm reads; OpenAI's informational fields are
+/// accepted and ignored, fields cmrm does not implement and unknown fields are refused (see
+/// [`ChatRequest::check_fields`]).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     /// The conversation.
@@ -129,6 +160,59 @@ pub struct ChatRequest {
     /// CMRM for this request.
     #[serde(default)]
     pub cmrm: Option<CmrmRequest>,
+    /// Every other field, checked by [`ChatRequest::check_fields`].
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// Refuses unknown fields as OpenAI does (400 naming the field) and documented fields cmrm
+    /// does not implement; OpenAI's informational fields pass.
+    pub fn check_fields(&self) -> Result<(), ApiError> {
+        for (k, v) in &self.other {
+            if INFORMATIONAL.contains(&k.as_str()) {
+                continue;
+            }
+            if UNSUPPORTED.contains(&k.as_str()) {
+                let empty = match v {
+                    Value::Null | Value::Bool(false) => true,
+                    Value::Array(a) => {
+                        a.is_empty() || (k == "modalities" && a.iter().all(|m| m == "text"))
+                    }
+                    _ => false,
+                };
+                if empty {
+                    continue;
+                }
+                return Err(ApiError::invalid(format!(
+                    "{k} is not supported by cmrm serve: leave it out of the request"
+                )));
+            }
+            return Err(ApiError::invalid(format!(
+                "Unrecognized request argument supplied: {k} (cmrm serve takes OpenAI's chat-completions fields, llama.cpp's top_k, min_p, repeat_penalty and ignore_eos, and the cmrm object; remove it or check its spelling)"
+            )));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            for (k, v) in &m.other {
+                match k.as_str() {
+                    "name" | "refusal" => {}
+                    "tool_calls" | "tool_call_id" | "function_call" | "audio"
+                        if v.is_null() || v.as_array().is_some_and(Vec::is_empty) => {}
+                    "tool_calls" | "tool_call_id" | "function_call" | "audio" => {
+                        return Err(ApiError::invalid(format!(
+                            "messages[{i}].{k} is not supported by cmrm serve: leave it out of the message"
+                        )))
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "Unrecognized request argument supplied: messages[{i}].{k} (a message has role, content and name; remove it)"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `stop`: one string or several.
@@ -157,6 +241,9 @@ pub struct RequestMessage {
     /// A string, a list of parts, or null.
     #[serde(default)]
     pub content: Option<Content>,
+    /// Every other field (`name` is accepted and ignored).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
 }
 
 /// Message content.
@@ -281,11 +368,6 @@ pub struct Usage {
 pub struct CachedTokens {
     /// Reused tokens.
     pub cached_tokens: usize,
-}
-
-/// What the answer applied, in the response's `cmrm` object.
-pub fn cmrm_field(applied: &Applied) -> Value {
-    serde_json::to_value(applied).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::ffi::RpcEndpoint;
 
-/// Set in the child's environment: the process that runs the model.
+/// Set in the child's environment (to the front's address): the process that runs the model.
 pub const WORKER_ENV: &str = "CMRM_SERVE_WORKER";
 
 /// Exit code of a process whose RPC server dropped (see [`crate::ffi::install_abort_message`]).
@@ -68,7 +68,9 @@ pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Resul
             let rpc = options.rpc.clone();
             let worker = options.worker.clone();
             let (child, stopping) = (child.clone(), stopping.clone());
-            tokio::task::spawn_blocking(move || supervise(&worker, &rpc, &up_tx, &child, &stopping))
+            tokio::task::spawn_blocking(move || {
+                supervise(&worker, addr, &rpc, &up_tx, &child, &stopping)
+            })
         };
         let accept = async {
             loop {
@@ -88,7 +90,7 @@ pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Resul
         tokio::select! {
             r = &mut supervisor => r.map_err(|e| Error::Invalid(e.to_string()))?,
             _ = accept => Ok(()),
-            _ = super::shutdown_signal() => {
+            _ = super::server::shutdown_signal() => {
                 eprintln!("cmrm serve: stopping the model process");
                 stopping.store(true, Ordering::SeqCst);
                 let pid = child.load(Ordering::SeqCst);
@@ -107,6 +109,7 @@ pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Resul
 /// for another reason before it was ever ready (a configuration error: returned).
 fn supervise(
     worker: &[String],
+    front: SocketAddr,
     rpc: &[RpcEndpoint],
     up: &watch::Sender<Option<SocketAddr>>,
     current: &AtomicU32,
@@ -118,7 +121,7 @@ fn supervise(
     loop {
         let mut child = Command::new(program)
             .args(args)
-            .env(WORKER_ENV, "1")
+            .env(WORKER_ENV, front.to_string())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

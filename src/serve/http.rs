@@ -1,7 +1,8 @@
 //! The HTTP side: routes, API keys, request limits, server-sent events and graceful shutdown.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,10 +18,11 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::api::{cmrm_field, ApiError, ChatRequest};
+use super::api::ApiError;
 use super::metrics::Metrics;
-use super::request::{prepare, Limits};
-use super::slots::{conversation_keys, Event, Outcome, Pool};
+use super::parse::{parse, Limits, Piece};
+use super::request::prepare;
+use super::slots::{conversation_keys, Canceller, Event, Outcome, Pool};
 use crate::sampling::SamplingParams;
 use crate::session::{SteerOverride, StopReason};
 
@@ -50,9 +52,15 @@ pub struct Shared {
     pub metrics_endpoint: bool,
     /// Context size of a slot.
     pub n_ctx: usize,
+    /// The address the server listens on.
+    pub addr: SocketAddr,
 }
 
 type App = Arc<Shared>;
+
+/// Pieces of an answer waiting for a slow client; when they are all waiting for --timeout,
+/// the slot stops the answer.
+const EVENTS: usize = 16;
 
 /// The routes.
 pub fn router(shared: App) -> Router {
@@ -67,6 +75,7 @@ pub fn router(shared: App) -> Router {
         .route("/chat/completions", post(chat))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .layer(middleware::from_fn_with_state(shared.clone(), same_origin))
         .with_state(shared)
 }
 
@@ -75,6 +84,84 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.body())).into_response()
     }
+}
+
+/// Refuses what a web page of another site could make a browser send (as llama-server does):
+/// a `Host` other than a loopback name when the server listens on loopback (DNS rebinding),
+/// an `Origin` other than the server's own or a loopback one (403), and a POST body that is
+/// not `application/json` (415: a form or `text/plain` POST needs no CORS preflight).
+async fn same_origin(State(app): State<App>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let text = |name| h.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = text(header::HOST);
+    let refuse = |status, message: String| {
+        app.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(status, "invalid_request_error", message).into_response()
+    };
+    if app.addr.ip().is_loopback() {
+        if let Some(host) = host.filter(|h| !is_loopback_host(host_name(h))) {
+            return refuse(
+                403,
+                format!(
+                    "the Host header {host:?} is not a loopback name, and this server listens on {} only: connect to http://127.0.0.1:{} or http://localhost:{} (a name that resolves to loopback is refused, against DNS rebinding)",
+                    app.addr.ip(),
+                    app.addr.port(),
+                    app.addr.port()
+                ),
+            );
+        }
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let allowed = authority.is_some_and(|a| {
+            host.is_some_and(|h| a.eq_ignore_ascii_case(h)) || is_loopback_host(host_name(a))
+        });
+        if !allowed {
+            return refuse(
+                403,
+                format!(
+                    "cross-origin request refused: the Origin header {origin:?} is neither this server nor a loopback address; call the API from the server's own page, from loopback, or from a client that sends no Origin"
+                ),
+            );
+        }
+    }
+    if req.method() == axum::http::Method::POST {
+        let json = text(header::CONTENT_TYPE).is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return refuse(
+                415,
+                format!(
+                    "the Content-Type header is {}, not application/json: send the body as JSON with Content-Type: application/json",
+                    text(header::CONTENT_TYPE).map_or("missing".into(), |t| format!("{t:?}"))
+                ),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// The host name of a `Host` or origin authority (`name:port`, `[v6]:port`).
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// `localhost` (and names below it) or a loopback address.
+fn is_loopback_host(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
@@ -89,7 +176,13 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty())
         .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-    if given.is_some_and(|k| app.keys.iter().any(|a| a == k)) {
+    // Every key is compared, each in time independent of where it differs.
+    let known = given.is_some_and(|k| {
+        app.keys.iter().fold(false, |found, a| {
+            same_key(k.as_bytes(), a.as_bytes()) | found
+        })
+    });
+    if known {
         return next.run(req).await;
     }
     app.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -101,12 +194,32 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     .into_response()
 }
 
+/// Whether `given` equals `key`, in a time that depends on their lengths only (not on where
+/// they first differ).
+fn same_key(given: &[u8], key: &[u8]) -> bool {
+    let n = given.len().max(key.len());
+    let mut diff = u8::from(given.len() != key.len());
+    for i in 0..n {
+        let (a, b) = (given.get(i).copied(), key.get(i).copied());
+        diff |= a.unwrap_or(0) ^ b.unwrap_or(0xff);
+    }
+    std::hint::black_box(diff) == 0
+}
+
 async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn health(State(app): State<App>) -> Response {
+    match app.pool.stopped() {
+        (0, _) => Json(json!({"status": "ok"})).into_response(),
+        (dead, n) => ApiError::new(
+            503,
+            "unavailable_error",
+            format!("{dead} of {n} slots have stopped (see the server's log); restart the server"),
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -147,9 +260,9 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// Sets the cancel flag when dropped: the handler (or its event stream) is dropped when the
+/// Cancels the answer when dropped: the handler (or its event stream) is dropped when the
 /// client goes away.
-struct CancelOnDrop(Option<Arc<AtomicBool>>);
+struct CancelOnDrop(Option<Canceller>);
 
 impl CancelOnDrop {
     /// The answer is complete: nothing to cancel any more (the slot may already serve another
@@ -161,8 +274,8 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(f) = &self.0 {
-            f.store(true, Ordering::Relaxed);
+        if let Some(c) = &self.0 {
+            c.cancel();
         }
     }
 }
@@ -182,6 +295,9 @@ async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Respons
 }
 
 async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
+    // A place first: a request the server will refuse costs no reading, parsing or image
+    // decoding, and the memory requests hold is bounded by the places.
+    let place = app.pool.admit()?;
     let bytes: Bytes = match tokio::time::timeout(
         app.timeout,
         axum::body::to_bytes(body, app.max_request_bytes),
@@ -207,26 +323,29 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
         }
         Ok(Ok(b)) => b,
     };
-    let req: ChatRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid(format!("the request body is not a valid chat request: {e}"))
-    })?;
-    if req.messages.iter().any(|m| matches!(&m.content, Some(super::api::Content::Parts(p)) if p.iter().any(|p| matches!(p, super::api::Part::ImageUrl { .. })))) && !app.vision {
-        return Err(ApiError::invalid("image input is not supported: the server runs without --mmproj"));
+    let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
+    drop(bytes);
+    let has_image = parsed
+        .messages
+        .iter()
+        .any(|m| m.pieces.iter().any(|p| matches!(p, Piece::Image(_))));
+    if has_image && !app.vision {
+        return Err(ApiError::invalid(
+            "image input is not supported: the server runs without --mmproj",
+        ));
     }
-    let (sampling, steering, limits) = (
-        app.sampling.clone(),
-        app.steering.clone(),
-        app.limits.clone(),
-    );
-    let prepared = tokio::task::spawn_blocking(move || prepare(req, &sampling, &steering, &limits))
-        .await
-        .map_err(|_| ApiError::new(500, "server_error", "preparing the request failed"))??;
+    let shared = app.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(parsed, &shared.limits, &shared.metrics.images_decoded)
+    })
+    .await
+    .map_err(|_| ApiError::new(500, "server_error", "preparing the request failed"))??;
     let keys = conversation_keys(&prepared.history, &prepared.turn.text);
     let model = prepared.model.clone().unwrap_or_else(|| app.model.clone());
     let (stream, include_usage) = (prepared.stream, prepared.include_usage);
-    let lease = app.pool.acquire(&keys, app.timeout).await?;
-    let (tx, mut rx) = mpsc::channel(256);
-    let guard = CancelOnDrop(Some(lease.cancel_flag()));
+    let lease = app.pool.acquire(place, &keys, app.timeout).await?;
+    let (tx, mut rx) = mpsc::channel(EVENTS);
+    let guard = CancelOnDrop(Some(lease.canceller()));
     app.pool.submit(lease, prepared, tx)?;
     let id = format!("chatcmpl-{}", random_id());
     let created = now();
@@ -385,6 +504,11 @@ fn completion(id: &str, created: u64, model: &str, o: &Outcome) -> Value {
     })
 }
 
+/// What the answer applied, in the response's `cmrm` object.
+fn cmrm_field(applied: &crate::session::Applied) -> Value {
+    serde_json::to_value(applied).unwrap_or(Value::Null)
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -410,4 +534,39 @@ fn random_id() -> String {
     }
     out.truncate(32);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{host_name, is_loopback_host, same_key};
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"sk-test", b"sk-test"));
+        assert!(!same_key(b"sk-tesT", b"sk-test"));
+        assert!(!same_key(b"sk-test", b"sk-test2"));
+        assert!(!same_key(b"", b"sk"));
+        assert!(!same_key(b"sk\0", b"sk"));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "[::1]:80",
+            "LOCALHOST",
+            "a.localhost:9",
+        ] {
+            assert!(is_loopback_host(host_name(h)), "{h}");
+        }
+        for h in [
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "[::2]:80",
+            "10.0.0.1",
+        ] {
+            assert!(!is_loopback_host(host_name(h)), "{h}");
+        }
+    }
 }

@@ -32,6 +32,12 @@ pub struct Metrics {
     pub steered_sample: AtomicU64,
     /// Answers not steered.
     pub unsteered: AtomicU64,
+    /// Answers stopped because their client took no piece for --timeout.
+    pub stalled: AtomicU64,
+    /// Requests a slot panicked on (answered 500, the slot reset).
+    pub panics: AtomicU64,
+    /// Images decoded for requests (after their admission).
+    pub images_decoded: AtomicU64,
     /// Slots answering now.
     pub busy: AtomicUsize,
 }
@@ -126,6 +132,24 @@ impl Metrics {
             "counter",
             "Requests given up by their client.",
             get(&self.cancelled).to_string(),
+        );
+        metric(
+            "cmrm:requests_stalled_total",
+            "counter",
+            "Answers stopped because the client read nothing for --timeout.",
+            get(&self.stalled).to_string(),
+        );
+        metric(
+            "cmrm:slot_panics_total",
+            "counter",
+            "Requests a slot failed on with a panic (the slot was reset).",
+            get(&self.panics).to_string(),
+        );
+        metric(
+            "cmrm:images_decoded_total",
+            "counter",
+            "Request images decoded (only requests holding a place decode theirs).",
+            get(&self.images_decoded).to_string(),
         );
         metric(
             "cmrm:images_total",

@@ -1,32 +1,16 @@
-//! From an OpenAI request to a turn: messages to the conversation and the user's turn, images
-//! fetched and checked against the limits, sampling settings over the server's defaults.
+//! From a parsed request to a turn: messages to the conversation and the user's turn, images
+//! fetched (from public addresses only) and checked against the limits before they are
+//! decoded.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::api::{ApiError, ChatRequest, Content, Part, StopField};
+use super::api::ApiError;
+use super::parse::{Limits, Parsed, Piece, Speaker};
 use crate::media::{self, Image};
-use crate::sampling::{Sampling, SamplingParams};
-use crate::session::{GenerateOptions, Message, Role, SteerOverride, Turn};
-
-/// What a request may ask for.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Largest image, in bytes (encoded).
-    pub max_image_bytes: usize,
-    /// Largest image, in pixels.
-    pub max_image_pixels: u64,
-    /// Most images in one request.
-    pub max_images: usize,
-    /// Largest `max_tokens`.
-    pub max_tokens: usize,
-    /// Tokens generated when a request sets no limit (`None`: until the end or a full context).
-    pub default_max_tokens: Option<usize>,
-    /// `file://` images are read below this folder only (none: refused).
-    pub media_path: Option<PathBuf>,
-    /// Fetch `http(s)://` images (off: refused).
-    pub media_fetch: bool,
-}
+use crate::sampling::Sampling;
+use crate::session::{GenerateOptions, Message, Role, Turn};
 
 /// A request made ready for a slot.
 pub struct Prepared {
@@ -44,241 +28,81 @@ pub struct Prepared {
     pub model: Option<String>,
 }
 
-/// Checks `req` and turns it into a turn; `defaults` are the server's sampling settings and
-/// `steer_defaults` its CMRM settings (which the request's `cmrm` object overrides).
-pub fn prepare(
-    req: ChatRequest,
-    defaults: &SamplingParams,
-    steer_defaults: &SteerOverride,
-    limits: &Limits,
-) -> Result<Prepared, ApiError> {
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid(format!(
-            "n = {}: cmrm serve answers with one choice only; send n = 1 or leave it out",
-            req.n.unwrap_or(0)
-        )));
-    }
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid(
-            "'messages' must hold at least one message",
-        ));
-    }
-    let mut n_images = 0;
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "messages[{i}].role {other:?} is not system, developer, user or assistant"
-                )))
-            }
+/// Fetches and decodes the images of a parsed request (each decoded image counted in
+/// `decoded`), and turns it into a turn with its options.
+pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<Prepared, ApiError> {
+    let marker = crate::ffi::Mtmd::marker();
+    let mut messages = Vec::with_capacity(parsed.messages.len());
+    for (i, m) in parsed.messages.into_iter().enumerate() {
+        let role = match m.speaker {
+            Speaker::System => Role::System,
+            Speaker::User => Role::User,
+            Speaker::Assistant => Role::Assistant,
         };
-        let (text, images) = match &m.content {
-            None => (String::new(), Vec::new()),
-            Some(Content::Text(t)) => (t.clone(), Vec::new()),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                let mut images = Vec::new();
-                let mut after_text = false;
-                for (j, p) in parts.iter().enumerate() {
-                    match p {
-                        Part::Text { text: t } => {
-                            if after_text {
-                                text.push('\n');
-                            }
-                            text.push_str(t);
-                            after_text = true;
-                        }
-                        Part::ImageUrl { image_url } => {
-                            n_images += 1;
-                            if n_images > limits.max_images {
-                                return Err(ApiError::invalid(format!(
-                                    "more than {} images in one request (--max-images)",
-                                    limits.max_images
-                                )));
-                            }
-                            if role != Role::User {
-                                return Err(ApiError::invalid(format!(
-                                    "messages[{i}]: images are accepted in user messages only"
-                                )));
-                            }
-                            let image = load_url(&image_url.url, limits).map_err(|e| {
-                                ApiError::invalid(format!(
-                                    "messages[{i}].content[{j}].image_url: {e}"
-                                ))
-                            })?;
-                            text.push_str(&crate::ffi::Mtmd::marker());
-                            images.push(image);
-                            after_text = false;
-                        }
+        let mut text = String::new();
+        let mut images = Vec::new();
+        let mut after_text = false;
+        for (j, p) in m.pieces.into_iter().enumerate() {
+            match p {
+                Piece::Text(t) => {
+                    if t.contains(&marker) {
+                        return Err(ApiError::invalid(format!(
+                            "messages[{i}] holds the media marker as text; send images as image_url parts"
+                        )));
                     }
+                    if after_text {
+                        text.push('\n');
+                    }
+                    text.push_str(&t);
+                    after_text = true;
                 }
-                (text, images)
+                Piece::Image(url) => {
+                    let image = load_url(&url, limits, decoded).map_err(|e| {
+                        ApiError::invalid(format!("messages[{i}].content[{j}].image_url: {e}"))
+                    })?;
+                    text.push_str(&marker);
+                    images.push(image);
+                    after_text = false;
+                }
             }
-        };
-        if text.contains(&crate::ffi::Mtmd::marker()) && images.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "messages[{i}] holds the media marker as text; send images as image_url parts"
-            )));
         }
         messages.push(Message { role, text, images });
     }
-    let last = messages.pop().filter(|m| m.role == Role::User).ok_or_else(|| {
-        ApiError::invalid("the last message must be the user's (cmrm serve does not continue an assistant message)")
-    })?;
-    let has_image = !last.images.is_empty();
-    let mut overrides = steer_defaults.clone();
-    if let Some(c) = &req.cmrm {
-        let o = c.overrides(has_image)?;
-        overrides = merge(&overrides, &o);
-    }
+    let last = messages
+        .pop()
+        .ok_or_else(|| ApiError::invalid("'messages' must hold at least one message"))?;
     let turn = Turn {
         system: None,
         text: last.text,
         images: last.images,
-        steering: Some(overrides),
+        steering: Some(parsed.steering),
     };
-    if req.ignore_eos
-        && req.max_completion_tokens.or(req.max_tokens).is_none()
-        && limits.default_max_tokens.is_none()
-    {
-        return Err(ApiError::invalid(
-            "ignore_eos needs max_tokens, or the answer would fill the context",
-        ));
-    }
-    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
-        None | Some(-1) => limits.default_max_tokens,
-        Some(n) if n < 1 => {
-            return Err(ApiError::invalid(format!(
-                "max_tokens = {n}: it must be at least 1"
-            )))
-        }
-        Some(n) if n as u64 > limits.max_tokens as u64 => {
-            return Err(ApiError::invalid(format!(
-                "max_tokens = {n} is above this server's limit of {} (--max-tokens)",
-                limits.max_tokens
-            )))
-        }
-        Some(n) => Some(n as usize),
-    };
-    let mut p = defaults.clone();
-    if let Some(t) = req.temperature {
-        p.temp = t.max(0.0);
-    }
-    if let Some(v) = req.top_p {
-        p.top_p = v.clamp(0.0, 1.0);
-    }
-    if let Some(v) = req.top_k {
-        p.top_k = v.max(0);
-    }
-    if let Some(v) = req.min_p {
-        p.min_p = v.clamp(0.0, 1.0);
-    }
-    if let Some(v) = req.repeat_penalty {
-        p.repeat_penalty = v;
-    }
-    if let Some(v) = req.presence_penalty {
-        p.presence_penalty = v;
-    }
-    if let Some(v) = req.frequency_penalty {
-        p.frequency_penalty = v;
-    }
-    p.seed = match req.seed {
-        Some(s) if s >= 0 => s as u32,
-        _ => random_seed(),
-    };
-    if let Some(bias) = &req.logit_bias {
-        for (k, v) in bias {
-            let token: i32 = k.parse().map_err(|_| {
-                ApiError::invalid(format!("logit_bias key {k:?} is not a token id"))
-            })?;
-            let b = match v {
-                Value::Bool(false) => f32::NEG_INFINITY,
-                v => v
-                    .as_f64()
-                    .ok_or_else(|| ApiError::invalid(format!("logit_bias[{k}] is not a number")))?
-                    as f32,
-            };
-            p.logit_bias.push((token, b));
-        }
-    }
-    p.grammar = response_grammar(req.response_format.as_ref())?;
-    p.check().map_err(ApiError::invalid)?;
-    let stop = match req.stop {
-        None => Vec::new(),
-        Some(StopField::One(s)) => vec![s],
-        Some(StopField::Many(v)) => v,
-    };
+    let mut sampling = parsed.sampling;
+    sampling.grammar = parsed
+        .schema
+        .map(|schema| {
+            crate::ffi::json_schema_to_grammar(&schema.to_string())
+                .map_err(|e| ApiError::invalid(format!("response_format: {e}")))
+        })
+        .transpose()?;
     Ok(Prepared {
         history: messages,
         turn,
         options: GenerateOptions {
-            sampling: Sampling::Chain(p),
-            max_tokens,
-            ignore_eos: req.ignore_eos,
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            sampling: Sampling::Chain(sampling),
+            max_tokens: Some(parsed.max_tokens),
+            ignore_eos: parsed.ignore_eos,
+            stop: parsed.stop,
         },
-        stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-        model: req.model,
+        stream: parsed.stream,
+        include_usage: parsed.include_usage,
+        model: parsed.model,
     })
-}
-
-use serde_json::Value;
-
-/// The grammar a `response_format` asks for.
-fn response_grammar(format: Option<&Value>) -> Result<Option<String>, ApiError> {
-    let Some(f) = format else { return Ok(None) };
-    let kind = f.get("type").and_then(Value::as_str).unwrap_or("text");
-    let schema = match kind {
-        "text" => return Ok(None),
-        "json_object" => f
-            .get("schema")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({"type": "object"})),
-        "json_schema" => f
-            .get("json_schema")
-            .and_then(|j| j.get("schema"))
-            .cloned()
-            .ok_or_else(|| ApiError::invalid("response_format.json_schema.schema is missing"))?,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "response_format type {other:?} is not text, json_object or json_schema"
-            )))
-        }
-    };
-    crate::ffi::json_schema_to_grammar(&schema.to_string())
-        .map(Some)
-        .map_err(|e| ApiError::invalid(format!("response_format: {e}")))
-}
-
-/// `o` over `base`, field by field.
-fn merge(base: &SteerOverride, o: &SteerOverride) -> SteerOverride {
-    SteerOverride {
-        enabled: o.enabled.or(base.enabled),
-        sample: o.sample.or(base.sample),
-        corruption: o.corruption.clone().or(base.corruption.clone()),
-        alpha: o.alpha.or(base.alpha),
-        apply: o.apply.or(base.apply),
-        layers: o.layers.or(base.layers),
-        positions: o.positions.or(base.positions),
-        text_only: o.text_only.or(base.text_only),
-    }
-}
-
-fn random_seed() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)
 }
 
 /// An image from a request's URL: a data URI, bare base64, `file://` below the media folder,
 /// or `http(s)://` when fetching is allowed; checked against the size limits.
-fn load_url(url: &str, limits: &Limits) -> Result<Image, String> {
+fn load_url(url: &str, limits: &Limits, decoded: &AtomicU64) -> Result<Image, String> {
     let bytes = if url.starts_with("data:") {
         media::decode_data_uri(url).map_err(|e| e.to_string())?
     } else if let Some(path) = url.strip_prefix("file://") {
@@ -305,17 +129,16 @@ fn load_url(url: &str, limits: &Limits) -> Result<Image, String> {
             limits.max_image_bytes
         ));
     }
-    let image = Image::decode(bytes, "the image").map_err(|e| e.to_string())?;
-    let px = image.pixels();
-    let pixels = px.width() as u64 * px.height() as u64;
-    if pixels > limits.max_image_pixels {
+    // The declared size first: an image over the limit is refused before it is decoded.
+    let (w, h) = media::dimensions(&bytes, "the image").map_err(|e| e.to_string())?;
+    if w as u64 * h as u64 > limits.max_image_pixels {
         return Err(format!(
-            "the image has {}x{} pixels, more than the {} this server accepts (--max-image-pixels)",
-            px.width(),
-            px.height(),
+            "the image has {w}x{h} pixels, more than the {} this server accepts (--max-image-pixels)",
             limits.max_image_pixels
         ));
     }
+    decoded.fetch_add(1, Ordering::Relaxed);
+    let image = Image::decode(bytes, "the image").map_err(|e| e.to_string())?;
     Ok(image)
 }
 
@@ -341,22 +164,157 @@ fn read_below(root: &Path, rel: &str, max: usize) -> Result<Vec<u8>, String> {
     std::fs::read(&path).map_err(|e| format!("file://{rel}: {e}"))
 }
 
-/// Fetches an image URL with a 10 s time limit and `max` bytes at most.
+/// The client's answer when an image URL cannot be fetched: the same for every failure, so
+/// that the server cannot be used to probe which hosts and ports answer.
+const FETCH_FAILED: &str = "cannot fetch the image URL: check that it is a public http(s) address that answers 200 with an image, without redirects, in 10 s";
+
+/// Fetches an image URL with a 10 s time limit and `max` bytes at most, from public addresses
+/// only: the resolver refuses a host with any loopback, private, link-local or otherwise
+/// non-public address before a connection is made, ureq connects to the checked addresses
+/// only, and redirects are not followed.
 fn fetch(url: &str, max: usize) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .proxy(None)
+        .build();
+    let agent = ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        PublicOnly::default(),
+    );
+    let mut resp = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::BadUri(m) if m == NOT_PUBLIC => NOT_PUBLIC.to_string(),
+        _ => FETCH_FAILED.to_string(),
+    })?;
+    if resp.status() != 200 {
+        return Err(FETCH_FAILED.into());
+    }
     let mut bytes = Vec::new();
     resp.body_mut()
         .as_reader()
         .take(max as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+        .map_err(|_| FETCH_FAILED.to_string())?;
     Ok(bytes)
+}
+
+/// Why a fetch was refused before connecting.
+const NOT_PUBLIC: &str = "the image URL's host is not a public address (--media-fetch fetches from public addresses only; send the image as a data URI)";
+
+/// ureq's resolver, refusing hosts with a non-public address.
+#[derive(Debug, Default)]
+struct PublicOnly(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.0.resolve(uri, config, timeout)?;
+        if addrs.iter().any(|a| !is_public(a.ip())) {
+            return Err(ureq::Error::BadUri(NOT_PUBLIC.into()));
+        }
+        Ok(addrs)
+    }
+}
+
+/// Whether `ip` is a global unicast address: not unspecified, loopback, private, shared
+/// (CGNAT), link-local, multicast, broadcast, documentation, benchmarking or reserved, for IPv4
+/// and for IPv6 (IPv4-mapped, -compatible, NAT64 and 6to4 addresses by their IPv4 part).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    let v4 = |a: Ipv4Addr| {
+        let [o0, o1, o2, _] = a.octets();
+        !(a.is_unspecified()
+            || o0 == 0
+            || a.is_loopback()
+            || a.is_private()
+            || a.is_link_local()
+            || a.is_multicast()
+            || a.is_broadcast()
+            || a.is_documentation()
+            || o0 >= 240
+            || (o0 == 100 && (64..128).contains(&o1))
+            || (o0 == 198 && (18..20).contains(&o1))
+            || (o0 == 192 && o1 == 0 && o2 == 0))
+    };
+    match ip {
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            if let Some(m) = a.to_ipv4_mapped() {
+                return v4(m);
+            }
+            if s[..6] == [0; 6] {
+                // ::/96, IPv4-compatible (:: and ::1 among them).
+                return !a.is_unspecified() && !a.is_loopback() && v4(embedded(s[6], s[7]));
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return v4(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return v4(embedded(s[1], s[2]));
+            }
+            !(a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x2001 && s[1] == 0)
+                || s[..4] == [0x100, 0, 0, 0]
+                || s[0] & 0xe000 != 0x2000)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public;
+
+    #[test]
+    fn only_global_addresses_are_public() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "2001::1",
+        ] {
+            assert!(!is_public(a.parse().unwrap()), "{a} counted as public");
+        }
+        for a in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:808:808::",
+        ] {
+            assert!(is_public(a.parse().unwrap()), "{a} counted as not public");
+        }
+    }
 }

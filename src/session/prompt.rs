@@ -15,7 +15,7 @@ pub(super) enum Piece {
     /// identifies its content, and the positions it takes.
     Image {
         chunk: usize,
-        key: u64,
+        key: ImageKey,
         n_pos: usize,
         n_tokens: usize,
     },
@@ -25,8 +25,11 @@ pub(super) enum Piece {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Key {
     Token(i32),
-    Image(u64),
+    Image(ImageKey),
 }
+
+/// An image chunk's content: SHA-256 of its image's digest, its slice and its token count.
+pub(super) type ImageKey = [u8; 32];
 
 /// One entry of a sequence in the KV cache.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +82,8 @@ impl Prompt {
                 Some(b) => b,
                 None => Bitmap::from_rgb(px.width(), px.height(), px.as_raw())?,
             };
-            b.set_id(&format!("{:016x}", im.hash()))?;
+            let id: String = im.digest().iter().map(|b| format!("{b:02x}")).collect();
+            b.set_id(&id)?;
             bitmaps.push(b);
         }
         let chunks = mtmd.tokenize(text, &bitmaps, true)?;
@@ -92,14 +96,15 @@ impl Prompt {
                 ChunkKind::Image { n_tokens, n_pos } => {
                     let id = chunks.id(i)?;
                     slice = if id == last_id { slice + 1 } else { 0 };
-                    let hash = id
-                        .as_deref()
-                        .and_then(|s| u64::from_str_radix(s, 16).ok())
-                        .unwrap_or(0);
+                    let key: ImageKey = {
+                        use sha2::{Digest, Sha256};
+                        let mut h = Sha256::new();
+                        h.update(id.as_deref().unwrap_or("").as_bytes());
+                        h.update(slice.to_le_bytes());
+                        h.update((n_tokens as u64).to_le_bytes());
+                        h.finalize().into()
+                    };
                     last_id = id;
-                    let key = hash
-                        .wrapping_mul(0x0100_0000_01b3)
-                        .wrapping_add(slice << 32 | n_tokens as u64);
                     pieces.push(Piece::Image {
                         chunk: i,
                         key,
@@ -179,7 +184,7 @@ impl Prompt {
         engine: &Engine,
         ctx: &mut Context<'_>,
         chunk: usize,
-        key: u64,
+        key: ImageKey,
         pos: usize,
         seq: i32,
     ) -> Result<usize> {

@@ -138,10 +138,15 @@ impl GraphHook for CallbackSteering {
 pub struct CallbackPhases(pub Arc<Mutex<CallbackSteering>>);
 
 impl CallbackPhases {
+    /// The steering, unless a panic in the hook poisoned it: then the poison is cleared (the
+    /// next turn sets the steering afresh) and this turn fails with [`Error::Internal`].
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
-        self.0
-            .lock()
-            .map_err(|_| Error::Invalid("the steering hook was poisoned by a panic".into()))
+        self.0.lock().map_err(|_| {
+            self.0.clear_poison();
+            Error::Internal(
+                "the steering hook panicked during this turn; the turn was abandoned and the hook reset".into(),
+            )
+        })
     }
 }
 
@@ -182,5 +187,29 @@ impl TurnHooks for CallbackPhases {
 
     fn steering_now(&self) -> bool {
         self.lock().is_ok_and(|s| s.armed)
+    }
+}
+
+#[cfg(test)]
+mod poison_tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_the_hook_fails_its_turn_once_then_the_hook_works() {
+        let cb = CallbackSteering::shared(2, 4);
+        let poisoner = cb.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = poisoner.lock().unwrap();
+            panic!("a hook panics");
+        })
+        .join();
+        assert!(cb.is_poisoned());
+        let phases = CallbackPhases(cb.clone());
+        match phases.lock() {
+            Err(Error::Internal(m)) => assert!(m.contains("steering hook"), "{m}"),
+            Err(e) => panic!("not an internal error: {e}"),
+            Ok(_) => panic!("the poisoned turn went on"),
+        }
+        assert!(phases.lock().is_ok(), "the hook stays unusable");
     }
 }

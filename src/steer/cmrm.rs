@@ -10,7 +10,7 @@ use crate::capture::{lock, LayerCapture};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::{GraphHook, HookChain, SharedHook};
-use crate::media::{Corruption, Image};
+use crate::media::{Corruption, CorruptionImages, Image};
 use crate::session::{
     Applied, Apply, Positions, Probe, SteerConfig, Steering, TurnHooks, TurnInput, TurnPlan,
 };
@@ -66,8 +66,8 @@ pub struct CmrmSteering {
     mechanism: Mechanism,
     callback: Option<Arc<Mutex<CallbackSteering>>>,
     capture: Option<Arc<Mutex<LayerCapture>>>,
-    /// Fixed corruption images, loaded once.
-    corruption_images: Vec<(Corruption, Image)>,
+    /// Corruption images, made once (the most recent few kept).
+    corruption_images: CorruptionImages,
     /// Per-layer safety directions (a vector file's, for ShiftDC's `project` rule).
     safety: Option<Vec<Vec<f32>>>,
 }
@@ -124,7 +124,7 @@ impl CmrmSteering {
             callback: (mechanism == Mechanism::Callback)
                 .then(|| CallbackSteering::shared(n_layer, n_embd)),
             capture: (sample || sample_ready).then(|| LayerCapture::all_layers(n_layer)),
-            corruption_images: Vec::new(),
+            corruption_images: CorruptionImages::default(),
             safety: None,
         })
     }
@@ -238,13 +238,7 @@ impl CmrmSteering {
                 Error::Steering("the anchor corruption needs an image in the turn".into())
             });
         }
-        if let Some((_, im)) = self.corruption_images.iter().find(|(c, _)| c == corruption) {
-            return Ok(im.clone());
-        }
-        let im = Image::from(corruption.image(None, 0)?);
-        self.corruption_images
-            .push((corruption.clone(), im.clone()));
-        Ok(im)
+        self.corruption_images.get(corruption)
     }
 }
 
@@ -327,7 +321,7 @@ impl Steering for CmrmSteering {
                     _ => None,
                 };
                 let cb = self.callback.clone().expect("checked: callback mechanism");
-                lock_cb(&cb)?.set_targets(text_states, &config, directions);
+                lock_cb(&cb).set_targets(text_states, &config, directions);
                 Box::new(CallbackPhases(cb))
             } else {
                 let corrupt = self.corruption_image(&corruption, turn)?;
@@ -389,7 +383,7 @@ impl CmrmSteering {
         match &self.callback {
             None => Ok(Box::new(CvecSteering::new(deltas, config))),
             Some(cb) => {
-                lock_cb(cb)?.set_deltas(deltas, config);
+                lock_cb(cb).set_deltas(deltas, config);
                 Ok(Box::new(CallbackPhases(cb.clone())))
             }
         }
@@ -410,9 +404,13 @@ fn probe_text(text: &str, n_images: usize) -> String {
     out
 }
 
-fn lock_cb(cb: &Mutex<CallbackSteering>) -> Result<std::sync::MutexGuard<'_, CallbackSteering>> {
-    cb.lock()
-        .map_err(|_| Error::Invalid("the steering hook was poisoned by a panic".into()))
+/// The callback steering, to be set for a new turn: a poison left by a panic in an earlier
+/// turn (which that turn reported) is cleared, as the turn sets the steering afresh.
+fn lock_cb(cb: &Mutex<CallbackSteering>) -> std::sync::MutexGuard<'_, CallbackSteering> {
+    cb.lock().unwrap_or_else(|e| {
+        cb.clear_poison();
+        e.into_inner()
+    })
 }
 
 fn fnv(s: &str) -> u64 {

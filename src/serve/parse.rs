@@ -1,0 +1,319 @@
+//! The pure half of a request: its JSON body checked field by field and turned into the
+//! conversation (images still as URLs), the limits, the sampling settings over the server's
+//! and the CMRM settings over the server's. It needs no model, so the fuzz target
+//! `tests/fuzz/fuzz_targets/chat_request.rs` runs it without llama.cpp; `request` then fetches
+//! the images and builds the turn.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::api::{ApiError, ChatRequest, Content, Part, StopField};
+use crate::sampling::SamplingParams;
+use crate::settings::SteerOverride;
+
+/// Most stop strings in a request (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+/// Longest stop string, bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// What a request may ask for.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest image, in bytes (encoded).
+    pub max_image_bytes: usize,
+    /// Largest image, in pixels.
+    pub max_image_pixels: u64,
+    /// Most images in one request.
+    pub max_images: usize,
+    /// Largest `max_tokens`.
+    pub max_tokens: usize,
+    /// Tokens generated at most when a request sets no limit (`-n`; `None`: `max_tokens`).
+    pub default_max_tokens: Option<usize>,
+    /// `file://` images are read below this folder only (none: refused).
+    pub media_path: Option<PathBuf>,
+    /// Fetch `http(s)://` images (off: refused).
+    pub media_fetch: bool,
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// `system` or `developer`.
+    System,
+    /// `user`.
+    User,
+    /// `assistant`.
+    Assistant,
+}
+
+/// A piece of a message's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Text (parts of one message are joined by newlines).
+    Text(String),
+    /// An image, by the URL the request gave (not fetched yet).
+    Image(String),
+}
+
+/// A message of the request.
+#[derive(Clone, Debug)]
+pub struct ParsedMessage {
+    /// Who wrote it.
+    pub speaker: Speaker,
+    /// Its content, in order.
+    pub pieces: Vec<Piece>,
+}
+
+/// A request checked and resolved against the server's settings; its last message is the
+/// user's.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The conversation, the user's last message included.
+    pub messages: Vec<ParsedMessage>,
+    /// Sampling settings: the server's, with the request's over them (no grammar yet).
+    pub sampling: SamplingParams,
+    /// The JSON schema the answer must follow (`response_format`), when one is asked for.
+    pub schema: Option<Value>,
+    /// CMRM settings: the server's, with the request's `cmrm` object over them.
+    pub steering: SteerOverride,
+    /// Tokens generated at most.
+    pub max_tokens: usize,
+    /// Never stop at end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Stop strings (non-empty ones).
+    pub stop: Vec<String>,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send the usage in a last streamed chunk.
+    pub include_usage: bool,
+    /// The model name to answer with.
+    pub model: Option<String>,
+}
+
+/// Parses and checks a chat-completions body; `defaults` are the server's sampling settings
+/// and `steer_defaults` its CMRM settings. Nothing is fetched or decoded.
+pub fn parse(
+    body: &[u8],
+    defaults: &SamplingParams,
+    steer_defaults: &SteerOverride,
+    limits: &Limits,
+) -> Result<Parsed, ApiError> {
+    let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!("the request body is not a valid chat request: {e}"))
+    })?;
+    check(req, defaults, steer_defaults, limits)
+}
+
+/// [`parse`] of a deserialized body.
+pub fn check(
+    req: ChatRequest,
+    defaults: &SamplingParams,
+    steer_defaults: &SteerOverride,
+    limits: &Limits,
+) -> Result<Parsed, ApiError> {
+    req.check_fields()?;
+    if let Some(n) = req.n.filter(|&n| n != 1) {
+        return Err(ApiError::invalid(format!(
+            "n = {n}: cmrm serve answers with one choice only; send n = 1 or leave it out"
+        )));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "'messages' must hold at least one message",
+        ));
+    }
+    let mut n_images = 0;
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let speaker = match m.role.as_str() {
+            "system" | "developer" => Speaker::System,
+            "user" => Speaker::User,
+            "assistant" => Speaker::Assistant,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].role {other:?} is not system, developer, user or assistant"
+                )))
+            }
+        };
+        let pieces = match m.content {
+            None => Vec::new(),
+            Some(Content::Text(t)) => vec![Piece::Text(t)],
+            Some(Content::Parts(parts)) => {
+                let mut pieces = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match p {
+                        Part::Text { text } => pieces.push(Piece::Text(text)),
+                        Part::ImageUrl { image_url } => {
+                            n_images += 1;
+                            if n_images > limits.max_images {
+                                return Err(ApiError::invalid(format!(
+                                    "more than {} images in one request (--max-images)",
+                                    limits.max_images
+                                )));
+                            }
+                            if speaker != Speaker::User {
+                                return Err(ApiError::invalid(format!(
+                                    "messages[{i}]: images are accepted in user messages only"
+                                )));
+                            }
+                            pieces.push(Piece::Image(image_url.url));
+                        }
+                    }
+                }
+                pieces
+            }
+        };
+        messages.push(ParsedMessage { speaker, pieces });
+    }
+    if messages.last().map(|m| m.speaker) != Some(Speaker::User) {
+        return Err(ApiError::invalid(
+            "the last message must be the user's (cmrm serve does not continue an assistant message)",
+        ));
+    }
+    let has_image = messages
+        .last()
+        .is_some_and(|m| m.pieces.iter().any(|p| matches!(p, Piece::Image(_))));
+    let mut steering = steer_defaults.clone();
+    if let Some(c) = &req.cmrm {
+        steering = merge(&steering, &c.overrides(has_image)?);
+    }
+    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
+        None | Some(-1) => limits
+            .default_max_tokens
+            .map_or(limits.max_tokens, |n| n.min(limits.max_tokens)),
+        Some(n) if n < 1 => {
+            return Err(ApiError::invalid(format!(
+                "max_tokens = {n}: it must be at least 1"
+            )))
+        }
+        Some(n) if n as u64 > limits.max_tokens as u64 => {
+            return Err(ApiError::invalid(format!(
+                "max_tokens = {n} is above this server's limit of {} (--max-tokens)",
+                limits.max_tokens
+            )))
+        }
+        Some(n) => n as usize,
+    };
+    let mut p = defaults.clone();
+    if let Some(t) = req.temperature {
+        p.temp = t.max(0.0);
+    }
+    if let Some(v) = req.top_p {
+        p.top_p = v.clamp(0.0, 1.0);
+    }
+    if let Some(v) = req.top_k {
+        p.top_k = v.max(0);
+    }
+    if let Some(v) = req.min_p {
+        p.min_p = v.clamp(0.0, 1.0);
+    }
+    if let Some(v) = req.repeat_penalty {
+        p.repeat_penalty = v;
+    }
+    if let Some(v) = req.presence_penalty {
+        p.presence_penalty = v;
+    }
+    if let Some(v) = req.frequency_penalty {
+        p.frequency_penalty = v;
+    }
+    p.seed = match req.seed {
+        Some(s) if s >= 0 => s as u32,
+        _ => random_seed(),
+    };
+    if let Some(bias) = &req.logit_bias {
+        for (k, v) in bias {
+            let token: i32 = k.parse().map_err(|_| {
+                ApiError::invalid(format!("logit_bias key {k:?} is not a token id"))
+            })?;
+            let b = match v {
+                Value::Bool(false) => f32::NEG_INFINITY,
+                v => v
+                    .as_f64()
+                    .ok_or_else(|| ApiError::invalid(format!("logit_bias[{k}] is not a number")))?
+                    as f32,
+            };
+            p.logit_bias.push((token, b));
+        }
+    }
+    p.grammar = None;
+    p.check().map_err(ApiError::invalid)?;
+    let schema = response_schema(req.response_format.as_ref())?;
+    let stop = match req.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOP {
+        return Err(ApiError::invalid(format!(
+            "stop has {} strings; at most {MAX_STOP} are accepted (as OpenAI): send fewer",
+            stop.len()
+        )));
+    }
+    if let Some((i, s)) = stop
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > MAX_STOP_BYTES)
+    {
+        return Err(ApiError::invalid(format!(
+            "stop[{i}] has {} bytes; a stop string has at most {MAX_STOP_BYTES}: shorten it",
+            s.len()
+        )));
+    }
+    Ok(Parsed {
+        messages,
+        sampling: p,
+        schema,
+        steering,
+        max_tokens,
+        ignore_eos: req.ignore_eos,
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        model: req.model,
+    })
+}
+
+/// The JSON schema a `response_format` asks for.
+fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(f) = format else { return Ok(None) };
+    let kind = f.get("type").and_then(Value::as_str).unwrap_or("text");
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(
+            f.get("schema")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+        )),
+        "json_schema" => f
+            .get("json_schema")
+            .and_then(|j| j.get("schema"))
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("response_format.json_schema.schema is missing")),
+        other => Err(ApiError::invalid(format!(
+            "response_format type {other:?} is not text, json_object or json_schema"
+        ))),
+    }
+}
+
+/// `o` over `base`, field by field.
+fn merge(base: &SteerOverride, o: &SteerOverride) -> SteerOverride {
+    SteerOverride {
+        enabled: o.enabled.or(base.enabled),
+        sample: o.sample.or(base.sample),
+        corruption: o.corruption.clone().or(base.corruption.clone()),
+        alpha: o.alpha.or(base.alpha),
+        apply: o.apply.or(base.apply),
+        layers: o.layers.or(base.layers),
+        positions: o.positions.or(base.positions),
+        text_only: o.text_only.or(base.text_only),
+    }
+}
+
+fn random_seed() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)
+}
