@@ -73,11 +73,8 @@ impl Image {
 
 impl From<RgbImage> for Image {
     fn from(pixels: RgbImage) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let dims = [pixels.width().to_le_bytes(), pixels.height().to_le_bytes()];
-        for &b in dims.iter().flatten().chain(pixels.as_raw()) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = crate::hash::fnv1a(dims.iter().flatten().chain(pixels.as_raw()).copied());
         Self {
             pixels,
             hash: h,

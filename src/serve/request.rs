@@ -133,7 +133,7 @@ pub fn prepare(
     let mut overrides = steer_defaults.clone();
     if let Some(c) = &req.cmrm {
         let o = c.overrides(has_image)?;
-        overrides = merge(&overrides, &o);
+        overrides = o.over(&overrides);
     }
     let turn = Turn {
         system: None,
@@ -253,20 +253,6 @@ fn response_grammar(format: Option<&Value>) -> Result<Option<String>, ApiError> 
     crate::ffi::json_schema_to_grammar(&schema.to_string())
         .map(Some)
         .map_err(|e| ApiError::invalid(format!("response_format: {e}")))
-}
-
-/// `o` over `base`, field by field.
-fn merge(base: &SteerOverride, o: &SteerOverride) -> SteerOverride {
-    SteerOverride {
-        enabled: o.enabled.or(base.enabled),
-        sample: o.sample.or(base.sample),
-        corruption: o.corruption.clone().or(base.corruption.clone()),
-        alpha: o.alpha.or(base.alpha),
-        apply: o.apply.or(base.apply),
-        layers: o.layers.or(base.layers),
-        positions: o.positions.or(base.positions),
-        text_only: o.text_only.or(base.text_only),
-    }
 }
 
 fn random_seed() -> u32 {
