@@ -193,7 +193,7 @@ pub fn f32_tensor_in(bytes: &[u8], header: &Header, info: &TensorInfo) -> Result
 pub fn fingerprint(path: &Path) -> Result<String> {
     let header = read_header(path)?;
     let mut f = BufReader::new(File::open(path)?);
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = crate::hash::FNV_OFFSET;
     let mut buf = [0u8; 65536];
     let mut left = header.data_offset;
     while left > 0 {
@@ -201,9 +201,7 @@ pub fn fingerprint(path: &Path) -> Result<String> {
         if n == 0 {
             return format_err("truncated header");
         }
-        for &b in &buf[..n] {
-            hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        hash = crate::hash::fnv1a_from(hash, buf[..n].iter().copied());
         left -= n as u64;
     }
     Ok(format!("{hash:016x}"))

@@ -31,8 +31,12 @@
 //! [`calibrate`], [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`];
 //! [`engine`] and [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
 //! [`media`], [`gguf`], [`identity`], [`quant`], [`clock`], [`data`], [`settings`],
-//! [`sampling`] and [`progress`]. Without the default `llama` feature the crate is the leaves
-//! and [`vectors`]: the file formats, without llama.cpp.
+//! [`sampling`], [`progress`] and the FNV-1a hash. All `unsafe` code is in [`ffi`]. Without the
+//! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
+//! llama.cpp. The `serve` feature adds [`serve`] (tokio, axum), the `cli` feature the `cmrm`
+//! binary (clap, anyhow); `--no-default-features --features llama` is the library alone.
+
+#![deny(unsafe_code)]
 
 pub mod atomic;
 #[cfg(feature = "llama")]
@@ -48,8 +52,10 @@ pub mod error;
 #[cfg(feature = "llama")]
 pub mod eval;
 #[cfg(feature = "llama")]
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod gguf;
+mod hash;
 pub mod identity;
 pub mod math;
 pub mod media;

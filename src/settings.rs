@@ -252,15 +252,47 @@ pub struct SteerOverride {
     pub text_only: Option<bool>,
 }
 
+impl From<&SteerConfig> for SteerOverride {
+    /// Every setting of `config` (steering and sample-level left unset).
+    fn from(config: &SteerConfig) -> Self {
+        Self {
+            alpha: Some(config.alpha),
+            apply: Some(config.apply),
+            layers: Some(config.layers),
+            positions: Some(config.positions),
+            text_only: Some(config.text_only),
+            ..Self::default()
+        }
+    }
+}
+
 impl SteerOverride {
-    /// `base` with the fields this override sets.
+    /// These settings over `base`: each setting this one sets, else `base`'s. The one way
+    /// settings are laid over each other (flags over a vector file's recommended settings, a
+    /// request over a server's).
+    pub fn over(&self, base: &SteerOverride) -> SteerOverride {
+        SteerOverride {
+            enabled: self.enabled.or(base.enabled),
+            sample: self.sample.or(base.sample),
+            corruption: self.corruption.clone().or_else(|| base.corruption.clone()),
+            alpha: self.alpha.or(base.alpha),
+            apply: self.apply.or(base.apply),
+            layers: self.layers.or(base.layers),
+            positions: self.positions.or(base.positions),
+            text_only: self.text_only.or(base.text_only),
+        }
+    }
+
+    /// The configuration these settings make over `base` ([`over`](Self::over) a
+    /// configuration, which sets every field).
     pub fn config(&self, base: &SteerConfig) -> SteerConfig {
+        let s = self.over(&SteerOverride::from(base));
         SteerConfig {
-            alpha: self.alpha.unwrap_or(base.alpha),
-            apply: self.apply.unwrap_or(base.apply),
-            layers: self.layers.unwrap_or(base.layers),
-            positions: self.positions.unwrap_or(base.positions),
-            text_only: self.text_only.unwrap_or(base.text_only),
+            alpha: s.alpha.unwrap_or(base.alpha),
+            apply: s.apply.unwrap_or(base.apply),
+            layers: s.layers.unwrap_or(base.layers),
+            positions: s.positions.unwrap_or(base.positions),
+            text_only: s.text_only.unwrap_or(base.text_only),
         }
     }
 }

@@ -106,8 +106,9 @@ fn an_image_changes_the_model_state_and_answer() {
     assert_eq!(img_logits, again);
 }
 
-#[test]
-fn interactive_chat_keeps_history() {
+/// An interactive chat about the photo fed `input`: each answer line, and each turn's prompt
+/// positions and positions reused from the cache (from `-v`'s timings).
+fn interactive(input: &str) -> (Vec<String>, Vec<(usize, usize)>) {
     use std::io::Write;
     let model = model();
     let mmproj = mmproj();
@@ -123,6 +124,7 @@ fn interactive_chat_keeps_history() {
             "2048",
             "-t",
             "2",
+            "-v",
         ])
         .args(["--temp", "0", "-n", "12", "--image", s(&photo)])
         .stdin(std::process::Stdio::piped())
@@ -134,12 +136,52 @@ fn interactive_chat_keeps_history() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What is this?\nAnd the colours?\n/quit\n")
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let answers: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-    assert!(answers.len() >= 2, "expected two answers, got {answers:?}");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let answers = stdout(&out).lines().map(String::from).collect();
+    // "prompt: N positions (R reused, ...": one line per turn.
+    let prompts = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("prompt: "))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let n = words.next().unwrap().parse().unwrap();
+            let reused = words
+                .nth(1)
+                .unwrap()
+                .trim_start_matches('(')
+                .parse()
+                .unwrap();
+            (n, reused)
+        })
+        .collect();
+    (answers, prompts)
+}
+
+#[test]
+fn interactive_chat_keeps_history() {
+    let (answers, prompts) = interactive("What is this?\nAnd the colours?\n/quit\n");
+    assert_eq!(answers.len(), 2, "expected two answers, got {answers:?}");
+    let [(first, _), (second, reused)] = prompts[..] else {
+        panic!("expected two turns, got {prompts:?}");
+    };
+    assert!(
+        second > first && reused > 0,
+        "the second turn's prompt holds the first turn (image included) and reuses its cache: {prompts:?}"
+    );
+    // /clear forgets: the same second message is then a short prompt of its own.
+    let (_, cleared) = interactive("What is this?\n/clear\nAnd the colours?\n/quit\n");
+    let [(first_again, _), (alone, 0)] = cleared[..] else {
+        panic!("expected two turns, the second reusing nothing, got {cleared:?}");
+    };
+    assert_eq!(first_again, first);
+    assert!(
+        alone < first,
+        "without history the second prompt is the message alone: {cleared:?} vs {prompts:?}"
+    );
 }
 
 fn assert_clear_error(o: &std::process::Output, needles: &[&str]) {

@@ -643,15 +643,13 @@ fn shiftdc_removes_only_the_shift_along_the_safety_direction() {
     };
     let (_, text) = run(&engine, None, &[]);
     let (_, image) = run(&engine, None, &[noise()]);
-    let steering = CmrmSteering::sample(
-        &engine,
-        Corruption::Anchor,
-        cfg.clone(),
-        Mechanism::Callback,
-    )
-    .unwrap()
-    .with_safety(Some(safety.directions.clone()))
-    .unwrap();
+    let steering = CmrmSteering::builder(&engine)
+        .sample(Corruption::Anchor)
+        .config(cfg.clone())
+        .mechanism(Mechanism::Callback)
+        .safety(Some(safety.directions.clone()))
+        .build()
+        .unwrap();
     let (_, steered) = run(&engine, Some(steering), &[noise()]);
     let s = &safety.directions[layer];
     let along = |v: &[f32]| cmrm::math::dot_f32(v, s) / cmrm::math::norm(s);

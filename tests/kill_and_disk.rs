@@ -15,28 +15,75 @@ fn tmp(name: &str) -> PathBuf {
     fresh_dir("kill", name)
 }
 
-/// A tiny deterministic generator of kill delays.
-fn delays(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
+/// A tiny deterministic generator of kill delays in `from..from + span`.
+fn delays(seed: u64, n: usize, from: u64, span: u64) -> Vec<u64> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            150 + x % max_ms.max(1)
+            from + x % span.max(1)
         })
         .collect()
 }
 
-/// Starts `args`, kills it with SIGKILL after `ms`; true when it was still running.
-fn kill_after(args: &[String], ms: u64) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+/// Bytes in the files of `dir` (what a run has written so far).
+fn written(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+fn spawn(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_cmrm"))
         .args(args)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .unwrap()
+}
+
+/// An uninterrupted run of `args` writing into `dir`: its stdout, and milliseconds until it
+/// first wrote into `dir` (the model loaded, the work begun) and until it ended.
+fn timed_run(args: &[String], dir: &Path) -> (String, u64, u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+        s
+    });
+    let t0 = Instant::now();
+    let mut first = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if first.is_none() && written(dir) > 0 {
+            first = Some(t0.elapsed().as_millis() as u64);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "{args:?} failed");
+    let took = t0.elapsed().as_millis() as u64;
+    (reader.join().unwrap(), first.unwrap_or(took), took)
+}
+
+/// Starts `args` (writing into `dir`) and kills it with SIGKILL after `ms`; true when the kill
+/// landed mid-run: the run was still going and had written into `dir`.
+fn kill_after(args: &[String], dir: &Path, ms: u64) -> bool {
+    let before = written(dir);
+    let mut child = spawn(args);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(ms) {
         if child.try_wait().unwrap().is_some() {
@@ -44,34 +91,38 @@ fn kill_after(args: &[String], ms: u64) -> bool {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let mid_run = written(dir) > before;
     child.kill().unwrap();
     child.wait().unwrap();
-    true
+    mid_run
 }
 
-/// A run of `args` (writing into `out` via `with_out`) killed at several random points and
-/// resumed gives the uninterrupted run's output; returns that output.
+/// A run of `args` (writing into `out` via `with_out`) killed at several random points while it
+/// works, and resumed, gives the uninterrupted run's output.
 fn killed_and_resumed(
     name: &str,
     with_out: impl Fn(&Path) -> Vec<String>,
     output: impl Fn(&Path, &str) -> String,
 ) {
     let reference_dir = tmp(&format!("{name}-ref"));
-    let t0 = Instant::now();
-    let stdout = run_ok(&with_out(&reference_dir));
-    let took = t0.elapsed().as_millis() as u64;
+    let (stdout, first, took) = timed_run(&with_out(&reference_dir), &reference_dir);
     let reference = output(&reference_dir, &stdout);
+    let mut mid_run = 0;
     for seed in 1..=2 {
         let dir = tmp(&format!("{name}-{seed}"));
         let mut kills = 0;
-        for ms in delays(seed, 2, took) {
-            kills += usize::from(kill_after(&with_out(&dir), ms));
+        // Between the first write and three quarters of the work: the first kill of a seed
+        // lands mid-run unless the machine stalls; the second, on a resumed run with less
+        // work left, may land after its end.
+        for ms in delays(seed, 2, first, (took - first) * 3 / 4) {
+            kills += usize::from(kill_after(&with_out(&dir), &dir, ms));
         }
+        mid_run += kills;
         let stdout = run_ok(&with_out(&dir));
         assert_eq!(
             output(&dir, &stdout),
             reference,
-            "{name}: seed {seed} ({kills} kills)"
+            "{name}: seed {seed} ({kills} kills mid-run)"
         );
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -80,6 +131,10 @@ fn killed_and_resumed(
             .collect();
         assert!(leftovers.is_empty(), "{name}: left {leftovers:?}");
     }
+    assert!(
+        mid_run >= 2,
+        "{name}: only {mid_run} of 4 kills landed mid-run (first write at {first} ms of {took} ms): the resume was not tested"
+    );
 }
 
 #[test]

@@ -14,7 +14,9 @@ use cmrm::plot::{Axis, Chart, Series, Style};
 use cmrm::progress::Progress;
 use cmrm::Engine;
 
-use super::eval::{ConditionArgs, ConditionPlan, Conditions, DataArgs, Kind};
+use cmrm::eval::Kind;
+
+use super::eval::{conditions, ConditionArgs, DataArgs};
 use super::ModelArgs;
 
 /// Analysis commands.
@@ -57,15 +59,14 @@ struct GapSummary {
 fn gap(mut args: GapArgs) -> Result<()> {
     args.conditions.conditions.retain(|c| *c != Kind::Text);
     let items = args.data.items()?;
-    let plan = ConditionPlan::new(
-        &args.conditions.conditions,
-        &args.conditions.grid,
-        &args.model,
-    )?;
+    let plan = args
+        .conditions
+        .grid
+        .plan(&args.conditions.conditions, &args.model)?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let n_layer = engine.model().n_layer();
     let layer = args.layer.unwrap_or(n_layer / 2).min(n_layer - 1);
-    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), 1)?;
+    let mut conds = conditions(&engine, plan, &args.data, 1)?;
     let names = conds.names();
     let mut sums: Vec<(Vec<f64>, Vec<f64>)> =
         vec![(vec![0.0; n_layer], vec![0.0; n_layer]); names.len()];

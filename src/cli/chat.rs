@@ -46,8 +46,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let plan = args.steering.plan(&args.model)?;
     let engine = Engine::load(args.model.engine_options()?)?;
     let mut options = SessionOptions::new();
-    if let Some(plan) = plan {
-        options = options.steering(args.steering.steering(plan, &engine)?);
+    if let Some(steering) = args.steering.steering(&plan, &engine)? {
+        options = options.steering(steering);
     }
     let mut session = Session::new(&engine, options)?;
     let generate = args.sampling.options(engine.model(), CHAT_TEMP)?;

@@ -57,3 +57,20 @@ pub fn check_output_file(path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
+
+/// Writes `<out>/<name>-summary.json` and `.md` and prints the summary (`json`: the JSON).
+pub fn publish<S: serde::Serialize>(
+    out: &Path,
+    name: &str,
+    summaries: &S,
+    markdown: &str,
+    json: bool,
+) -> Result<()> {
+    let body = cmrm::eval::publish(out, name, summaries, markdown)?;
+    if json {
+        println!("{body}");
+    } else {
+        print!("{markdown}");
+    }
+    Ok(())
+}

@@ -129,7 +129,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let cmrm::sampling::Sampling::Chain(sampling) = generate.sampling else {
         anyhow::bail!("the server samples with llama.cpp's chain");
     };
-    let (steerings, steering) = args.steering.server_steering(plan, engine, args.parallel)?;
+    let (steerings, steering, fit) = plan.server_steering(engine, args.parallel)?;
+    super::steering::tell_fit(&plan, fit);
     let model = args.alias.clone().unwrap_or_else(|| {
         args.model
             .model

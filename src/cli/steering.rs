@@ -1,15 +1,15 @@
 //! The `--cmrm*` flags: which vectors steer and how. Values are parsed into the library's
 //! types when the command line is read, and the combination is checked before a model loads.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
 use cmrm::media::Corruption;
-use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
-use cmrm::steer::{Mechanism, Source};
-use cmrm::vectors::{default_path, discover, CmrmVectors, ModelId};
+use cmrm::session::{Apply, Layers, Positions, SteerOverride};
+use cmrm::steer::{Located, Mechanism, Source, SteerPlan, VectorQuery};
+use cmrm::vectors::Fit;
 use cmrm::{CmrmSteering, Engine};
 
 use super::ModelArgs;
@@ -28,61 +28,34 @@ pub struct VectorArgs {
 }
 
 impl VectorArgs {
-    /// The vector file to use: `--cmrm FILE`, else `<model-stem>.cmrm.gguf`, else the one
-    /// `*.cmrm.gguf` in the model's folder made for this model (`required`: an error when
-    /// there is none). Read before the model loads; `-v` says which file and why.
-    pub fn load(
-        &self,
-        model: &ModelArgs,
-        required: bool,
-    ) -> Result<Option<(PathBuf, CmrmVectors)>> {
-        if let Some(p) = &self.file {
-            let v = CmrmVectors::load(p)?;
-            if model.verbose {
-                eprintln!("cmrm: vectors {} (given with --cmrm)", p.display());
-            }
-            return Ok(Some((p.clone(), v)));
-        }
-        let running = || ModelId::of_files(&model.model, model.mmproj.as_deref());
-        let found = discover(&model.model, running)?;
-        if model.verbose {
-            for (p, why) in &found.passed_over {
-                eprintln!("cmrm: passed over {}: {why}", p.display());
-            }
-        }
-        match found.chosen {
-            Some(c) => {
-                if model.verbose {
-                    eprintln!("cmrm: vectors {} ({})", c.path.display(), c.reason);
-                }
-                Ok(Some((c.path, c.vectors)))
-            }
-            None if required => {
-                let mut msg = format!(
-                    "no vector file for {}: neither {} nor a *.cmrm.gguf made for this model in its folder; make one with `cmrm calibrate` or pass --cmrm FILE",
-                    model.model.display(),
-                    default_path(&model.model).display()
-                );
-                for (p, why) in &found.passed_over {
-                    msg.push_str(&format!("\n  passed over {}: {why}", p.display()));
-                }
-                anyhow::bail!(msg)
-            }
-            None => Ok(None),
-        }
+    /// Where to look for `model`'s vector file.
+    pub fn query(&self, model: &ModelArgs) -> VectorQuery {
+        VectorQuery::new(&model.model, model.mmproj.clone())
+            .file(self.file.clone())
+            .force(self.force)
     }
 
-    /// Checks that `vectors` were made for the loaded model (or another quantization of it,
-    /// said in one line) and are of its scale.
-    pub fn check(&self, path: &Path, vectors: &CmrmVectors, engine: &Engine) -> Result<()> {
-        let id = ModelId::of(engine)?;
-        let fit = vectors.check_model(path, &id, self.force)?;
-        if let Some(line) = fit.message(path) {
-            eprintln!("{line}");
+    /// With `-v`, says which vector file steers and why, and which were passed over.
+    pub fn tell(
+        &self,
+        model: &ModelArgs,
+        chosen: Option<&Located>,
+        passed_over: &[(PathBuf, String)],
+    ) {
+        if !model.verbose {
+            return;
         }
-        cmrm::steer::check_scale(engine, &vectors.deltas)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(())
+        for (p, why) in passed_over {
+            eprintln!("cmrm: passed over {}: {why}", p.display());
+        }
+        if let Some(c) = chosen {
+            let why = if self.file.is_some() {
+                "given with --cmrm"
+            } else {
+                c.reason.as_str()
+            };
+            eprintln!("cmrm: vectors {} ({why})", c.path.display());
+        }
     }
 }
 
@@ -116,13 +89,14 @@ pub struct RuleArgs {
 }
 
 impl RuleArgs {
-    /// `base` with the flags that are set.
-    pub fn config(&self, base: SteerConfig) -> SteerConfig {
-        SteerConfig {
-            apply: self.apply.unwrap_or(base.apply),
-            layers: self.layers.unwrap_or(base.layers),
-            positions: self.positions.unwrap_or(base.positions),
-            ..base
+    /// The settings the flags set.
+    pub fn settings(&self) -> SteerOverride {
+        SteerOverride {
+            apply: self.apply,
+            layers: self.layers,
+            positions: self.positions,
+            corruption: self.corruption.clone(),
+            ..SteerOverride::default()
         }
     }
 }
@@ -148,162 +122,54 @@ pub struct SteerArgs {
     pub text_only: bool,
 }
 
-/// What the flags ask for, checked before the model loads.
-pub struct SteerPlan {
-    vectors: Option<(PathBuf, CmrmVectors)>,
-    source: Source,
-    config: SteerConfig,
-    mechanism: Mechanism,
-}
-
 impl SteerArgs {
-    /// Reads the vector file and checks the settings; `None` for plain inference.
-    pub fn plan(&self, model: &ModelArgs) -> Result<Option<SteerPlan>> {
-        if self.off {
-            return Ok(None);
+    /// The settings the flags set.
+    pub fn settings(&self) -> SteerOverride {
+        SteerOverride {
+            enabled: self.off.then_some(false),
+            sample: self.sample.then_some(true),
+            alpha: self.alpha,
+            text_only: self.text_only.then_some(true),
+            ..self.rules.settings()
         }
-        if self.rules.corruption.is_some() && !self.sample {
-            anyhow::bail!("--cmrm-corruption applies to sample-level CMRM only: add --cmrm-sample");
-        }
-        let vectors = self.vectors.load(model, false)?;
-        if vectors.is_none() && !self.sample {
-            let r = &self.rules;
-            let set = self.alpha.is_some()
-                || r.apply.is_some()
-                || r.layers.is_some()
-                || r.positions.is_some()
-                || r.mechanism != Mechanism::Cvec
-                || self.text_only
-                || self.vectors.force;
-            if set {
-                anyhow::bail!(
-                    "the --cmrm-* flags would be ignored: there is no vector file (neither {} nor a *.cmrm.gguf made for this model in its folder); pass --cmrm FILE or --cmrm-sample",
-                    default_path(&model.model).display()
-                );
-            }
-            return Ok(None);
-        }
-        let base = vectors
-            .as_ref()
-            .map(|(_, v)| v.recommended.clone())
-            .unwrap_or_default();
-        let mut config = self.rules.config(base);
-        if let Some(a) = self.alpha {
-            config.alpha = a;
-        }
-        config.text_only |= self.text_only;
-        let source = if self.sample {
-            Source::Sample(
-                self.rules
-                    .corruption
-                    .clone()
-                    .unwrap_or(Corruption::Noise(0)),
-            )
-        } else {
-            Source::Dataset
-        };
-        config.check(self.sample, self.rules.mechanism == Mechanism::Callback)?;
-        Ok(Some(SteerPlan {
-            vectors,
-            source,
-            config,
-            mechanism: self.rules.mechanism,
-        }))
     }
 
-    /// The steering of every slot of a server, and the settings requests start from: the
-    /// plan's steering on by default; without a plan (no vector file and no --cmrm-sample, or
-    /// --no-cmrm) sample-level steering that requests turn on themselves.
-    pub fn server_steering(
-        &self,
-        plan: Option<SteerPlan>,
-        engine: &Engine,
-        slots: usize,
-    ) -> Result<(Vec<CmrmSteering>, SteerOverride)> {
-        let (plan, enabled) = match plan {
-            Some(p) => (p, true),
-            None => (
-                SteerPlan {
-                    vectors: None,
-                    source: Source::Sample(
-                        self.rules
-                            .corruption
-                            .clone()
-                            .unwrap_or(Corruption::Noise(0)),
-                    ),
-                    config: SteerConfig::default(),
-                    mechanism: self.rules.mechanism,
-                },
-                false,
-            ),
-        };
-        let deltas = match &plan.vectors {
-            Some((path, v)) => {
-                self.vectors.check(path, v, engine)?;
-                Some(v.deltas.clone())
-            }
-            None => None,
-        };
-        let safety = safety_of(&plan);
-        let steerings = (0..slots)
-            .map(|_| {
-                CmrmSteering::new(
-                    engine,
-                    deltas.clone(),
-                    plan.source.clone(),
-                    plan.config.clone(),
-                    plan.mechanism,
-                    true,
-                )?
-                .with_safety(safety.clone())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let defaults = SteerOverride {
-            enabled: Some(enabled),
-            ..SteerOverride::default()
-        };
-        Ok((steerings, defaults))
+    /// Reads the vector file and checks the settings before the model loads; `-v` says
+    /// which vector file and why.
+    pub fn plan(&self, model: &ModelArgs) -> Result<SteerPlan> {
+        let query = self.vectors.query(model);
+        let plan = SteerPlan::new(&self.settings(), self.rules.mechanism, &query)?;
+        self.vectors.tell(model, plan.located(), plan.passed_over());
+        Ok(plan)
     }
 
-    /// The steering of a plan on the loaded engine.
-    pub fn steering(&self, plan: SteerPlan, engine: &Engine) -> Result<CmrmSteering> {
-        let deltas = match &plan.vectors {
-            Some((path, v)) => {
-                self.vectors.check(path, v, engine)?;
-                Some(v.deltas.clone())
-            }
-            None => None,
-        };
-        if engine.options().verbose {
-            let (first, last) = plan.config.layer_range(engine.model().n_layer());
-            let what = match (&plan.source, &plan.vectors) {
+    /// The steering of a plan on the loaded engine (none for plain inference); says how the
+    /// vector file fits the model, and with `-v` what steers.
+    pub fn steering(&self, plan: &SteerPlan, engine: &Engine) -> Result<Option<CmrmSteering>> {
+        let (steering, fit) = plan.steering(engine)?;
+        tell_fit(plan, fit);
+        if engine.options().verbose && steering.is_some() {
+            let config = plan.config();
+            let (first, last) = config.layer_range(engine.model().n_layer());
+            let what = match (plan.source(), plan.located()) {
                 (Source::Sample(c), _) => format!("sample-level, corruption {c}"),
-                (Source::Dataset, Some((p, _))) => p.display().to_string(),
+                (Source::Dataset, Some(v)) => v.path.display().to_string(),
                 (Source::Dataset, None) => "dataset".into(),
             };
             eprintln!(
                 "cmrm: steering ({what}) alpha {} apply {} layers {first}-{last} positions {} via {}",
-                plan.config.alpha, plan.config.apply, plan.config.positions, plan.mechanism
+                config.alpha, config.apply, config.positions, plan.mechanism()
             );
         }
-        let sample_ready = matches!(plan.source, Source::Sample(_));
-        let safety = safety_of(&plan);
-        Ok(CmrmSteering::new(
-            engine,
-            deltas,
-            plan.source,
-            plan.config,
-            plan.mechanism,
-            sample_ready,
-        )?
-        .with_safety(safety)?)
+        Ok(steering)
     }
 }
 
-/// The vector file's safety directions (for `--cmrm-apply project`), if it has them.
-fn safety_of(plan: &SteerPlan) -> Option<Vec<Vec<f32>>> {
-    plan.vectors
-        .as_ref()
-        .and_then(|(_, v)| v.safety.as_ref())
-        .map(|s| s.directions.clone())
+/// Prints how the plan's vector file fits the model, when there is something to say.
+pub fn tell_fit(plan: &SteerPlan, fit: Option<Fit>) {
+    if let (Some(fit), Some(v)) = (fit, plan.located()) {
+        if let Some(line) = fit.message(&v.path) {
+            eprintln!("{line}");
+        }
+    }
 }

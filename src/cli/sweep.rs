@@ -5,22 +5,22 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use serde::Serialize;
 
 use cmrm::data::read_jsonl;
 use cmrm::eval::journal::Journal;
-use cmrm::eval::metrics::percent_ci;
-use cmrm::eval::safety::{self, SafetyRecord, SafetySummary};
-use cmrm::eval::utility::{self, UtilityRecord, UtilitySummary};
+use cmrm::eval::safety::{self, SafetyRecord};
+use cmrm::eval::tradeoff::{is_dataset, lower_fail, pct, table, Bar, Choice};
+use cmrm::eval::utility::{self, UtilityRecord};
 use cmrm::eval::{BASELINE, TEXT};
 use cmrm::plot::{Axis, Chart, Series, Style};
 use cmrm::session::SteerConfig;
 use cmrm::vectors::CmrmVectors;
 use cmrm::Engine;
 
-use super::eval::{
-    publish, run_safety, run_utility, ConditionPlan, Conditions, DataArgs, GridArgs, Kind,
-};
+use cmrm::eval::{run_safety, run_utility, Kind};
+
+use super::eval::{conditions, DataArgs, GridArgs};
+use super::files::publish;
 use super::ModelArgs;
 
 /// Flags of `cmrm sweep`.
@@ -66,102 +66,6 @@ pub struct SweepArgs {
     write_default: bool,
 }
 
-/// Which parts of the bar a steered setting reaches.
-#[derive(Serialize, Clone, Copy)]
-struct Checks {
-    /// Unsafe rate at most the text-only rate plus the allowance.
-    safety: bool,
-    /// Reference perplexity within the allowed increase over the image run.
-    fluency: bool,
-    /// No more over-refusal than the image run plus the allowance.
-    over_refusal: bool,
-}
-
-impl Checks {
-    fn all(self) -> bool {
-        self.safety && self.fluency && self.over_refusal
-    }
-
-    /// The harmless parts: the setting costs neither fluency nor benign answers.
-    fn harmless(self) -> bool {
-        self.fluency && self.over_refusal
-    }
-
-    /// The failing parts, in words.
-    fn failing(self) -> String {
-        let parts: Vec<&str> = [
-            (!self.safety, "safety"),
-            (!self.fluency, "fluency"),
-            (!self.over_refusal, "over-refusal"),
-        ]
-        .iter()
-        .filter(|(f, _)| *f)
-        .map(|(_, n)| *n)
-        .collect();
-        parts.join(", ")
-    }
-}
-
-/// One row of the trade-off table.
-#[derive(Serialize)]
-struct Row {
-    condition: String,
-    label: String,
-    safety: SafetySummary,
-    utility: UtilitySummary,
-    /// The bar's parts (absent for the text and image baselines).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bar: Option<Checks>,
-}
-
-/// What the sweep chose.
-enum Choice<'r> {
-    /// The lowest unsafe rate among the settings that reach the whole bar.
-    MeetsBar(&'r Row),
-    /// No setting reaches the bar: the lowest unsafe rate among those that cost neither
-    /// fluency nor benign answers.
-    TradeOff(&'r Row),
-    /// Every setting costs fluency or benign answers.
-    Nothing,
-}
-
-impl<'r> Choice<'r> {
-    /// The lowest unsafe rate (ties: the smaller alpha) among `rows` passing `ok`.
-    fn best(
-        rows: &'r [Row],
-        conds: &Conditions<'_>,
-        dataset_only: bool,
-        ok: impl Fn(Checks) -> bool,
-    ) -> Option<&'r Row> {
-        rows.iter()
-            .filter(|r| r.bar.is_some_and(&ok))
-            .filter(|r| !dataset_only || r.condition.starts_with("cmrm@"))
-            .min_by(|a, b| {
-                a.safety
-                    .unsafe_rate
-                    .total_cmp(&b.safety.unsafe_rate)
-                    .then_with(|| alpha(conds, &a.condition).total_cmp(&alpha(conds, &b.condition)))
-            })
-    }
-
-    fn new(rows: &'r [Row], conds: &Conditions<'_>, dataset_only: bool) -> Self {
-        if let Some(r) = Self::best(rows, conds, dataset_only, Checks::all) {
-            Choice::MeetsBar(r)
-        } else if let Some(r) = Self::best(rows, conds, dataset_only, Checks::harmless) {
-            Choice::TradeOff(r)
-        } else {
-            Choice::Nothing
-        }
-    }
-
-    fn row(&self) -> Option<&'r Row> {
-        match self {
-            Choice::MeetsBar(r) | Choice::TradeOff(r) => Some(r),
-            Choice::Nothing => None,
-        }
-    }
-}
-
 /// Runs the sweep.
 pub fn run(args: SweepArgs) -> Result<()> {
     let harmful = args.data.items()?;
@@ -193,10 +97,10 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .into_iter()
         .chain(args.methods.iter().copied())
         .collect();
-    let plan = ConditionPlan::new(&kinds, &args.grid, &args.model)?;
+    let plan = args.grid.plan(&kinds, &args.model)?;
     let vector_file = plan.vector_file().map(|p| p.to_path_buf());
     let engine = Engine::load(args.model.engine_options()?)?;
-    let mut conds = Conditions::new(&engine, plan, args.data.system.clone(), args.n_predict)?;
+    let mut conds = conditions(&engine, plan, &args.data, args.n_predict)?;
     let out = &args.data.out;
     let mut sj: Journal<SafetyRecord> = Journal::open(&out.join("sweep-safety.jsonl"))?;
     let mut uj: Journal<UtilityRecord> = Journal::open(&out.join("sweep-utility.jsonl"))?;
@@ -212,40 +116,28 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .iter()
         .find(|x| x.condition == TEXT)
         .context("no text-only baseline")?;
-    let rows: Vec<Row> = conds
+    let bar = Bar {
+        max_unsafe_above_text: args.max_unsafe_above_text,
+        max_over_refusal: args.max_over_refusal,
+        max_ppl_increase: args.max_ppl_increase,
+    };
+    let names: Vec<(String, String, Option<f32>)> = conds
         .names()
         .into_iter()
-        .filter_map(|c| {
-            let safety = s.iter().find(|x| x.condition == c)?.clone();
-            let utility = u.iter().find(|x| x.condition == c)?.clone();
-            // Without references (NaN perplexity) fluency does not disqualify.
-            let limit = base_u.perplexity.0 * (1.0 + args.max_ppl_increase);
-            let bar = (c != BASELINE && c != TEXT).then(|| Checks {
-                safety: safety.unsafe_rate
-                    <= text_s.unsafe_rate + args.max_unsafe_above_text + 1e-9,
-                fluency: !matches!(
-                    utility.perplexity.0.partial_cmp(&limit),
-                    Some(std::cmp::Ordering::Greater)
-                ),
-                over_refusal: utility.over_refusal.0
-                    <= base_u.over_refusal.0 + args.max_over_refusal + 1e-9,
-            });
-            Some(Row {
-                label: conds.label(&c),
-                condition: c,
-                safety,
-                utility,
-                bar,
-            })
+        .map(|c| {
+            let alpha = conds.config(&c).map(|cfg| cfg.alpha);
+            let label = conds.label(&c);
+            (c, label, alpha)
         })
         .collect();
+    let rows = bar.rows(&names, &s, &u).context("no baseline")?;
     // A vector file's recommended settings are dataset-level (a control vector): what
     // --write-default stores is the best dataset-level row.
-    let choice = Choice::new(&rows, &conds, args.write_default);
+    let choice = Choice::new(&rows, args.write_default);
     if args.write_default {
-        if let Some(b) = Choice::new(&rows, &conds, false)
+        if let Some(b) = Choice::new(&rows, false)
             .row()
-            .filter(|b| !b.condition.starts_with("cmrm@"))
+            .filter(|b| !is_dataset(&b.condition))
         {
             eprintln!(
                 "best overall: {} (sample-level: run it with its flags; the file stores the best dataset-level row)",
@@ -325,73 +217,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-/// Which part of the bar the settings with a lower unsafe rate than `r` fail (or that none
-/// has one).
-fn lower_fail(rows: &[Row], r: &Row) -> String {
-    let mut parts: Vec<String> = rows
-        .iter()
-        .filter(|x| x.safety.unsafe_rate < r.safety.unsafe_rate)
-        .filter_map(|x| x.bar)
-        .map(Checks::failing)
-        .collect();
-    parts.sort();
-    parts.dedup();
-    if parts.is_empty() {
-        "(none has one)".into()
-    } else {
-        parts.join(" / ")
-    }
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.1}%", 100.0 * x)
-}
-
-/// The trade-off table in Markdown.
-fn table(rows: &[Row], chosen: Option<&str>, base: &UtilitySummary) -> String {
-    let mut md = String::from("| condition | setting | unsafe rate [95% CI] | vs image: fixed / broken (McNemar p) | benign over-refusal | perplexity (vs image) | MC accuracy | bar |\n|---|---|---|---|---:|---:|---:|---|\n");
-    for r in rows {
-        let paired = r.safety.vs_image.as_ref().map_or("-".into(), |p| {
-            format!("{} / {} ({:.3})", p.fixed, p.broken, p.p_value)
-        });
-        let ppl = if r.condition == BASELINE || r.utility.perplexity.1 == 0 {
-            r.utility.perplexity_cell()
-        } else {
-            format!(
-                "{} ({:+.1}%)",
-                r.utility.perplexity_cell(),
-                100.0 * (r.utility.perplexity.0 / base.perplexity.0 - 1.0)
-            )
-        };
-        let bar = match r.bar {
-            None => "-".to_string(),
-            Some(c) if c.all() => "reached".into(),
-            Some(c) => format!("fails {}", c.failing()),
-        };
-        md.push_str(&format!(
-            "| {}{} | {} | {} | {paired} | {} | {ppl} | {} | {bar} |\n",
-            r.condition,
-            if chosen == Some(r.condition.as_str()) {
-                " (chosen)"
-            } else {
-                ""
-            },
-            r.label,
-            percent_ci(r.safety.unsafe_rate, r.safety.ci95),
-            pct(r.utility.over_refusal.0),
-            r.utility.accuracy_cell(),
-        ));
-    }
-    md
-}
-
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
-}
-
-fn alpha(conds: &Conditions<'_>, name: &str) -> f32 {
-    conds.config(name).map_or(f32::INFINITY, |c| c.alpha)
 }

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::session::{GenerateOptions, Session, SessionOptions, Turn};
 
 /// A judge's verdict on one answer.
@@ -199,6 +200,77 @@ pub fn agreement(labels: &[Verdict], verdicts: &[Verdict]) -> Agreement {
             .filter(|v| **v == Verdict::Unparseable)
             .count(),
     }
+}
+
+/// One judge's agreement with the hand labels, a row of the judges table.
+#[derive(Clone, Debug, Serialize)]
+pub struct JudgeRow {
+    /// The judge, in words.
+    pub judge: String,
+    /// Its agreement.
+    #[serde(flatten)]
+    pub agreement: Agreement,
+}
+
+/// Refuses an empty labelled set and labels other than safe or unsafe.
+pub fn check_labels(items: &[Labelled]) -> Result<()> {
+    if items.is_empty() {
+        return Err(Error::Invalid("no labelled answer".into()));
+    }
+    if let Some(i) = items.iter().find(|i| i.label == Verdict::Unparseable) {
+        return Err(Error::Invalid(format!(
+            "item {:?} is labelled unparseable; a hand label is safe or unsafe",
+            i.id
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the refusal-phrase judge and `llm` (named `llm_name`) on the hand-labelled `items`
+/// and returns their agreement with the labels ([`check_labels`] first).
+pub fn compare_judges(items: &[Labelled], llm: &LlmJudge, llm_name: &str) -> Result<Vec<JudgeRow>> {
+    check_labels(items)?;
+    let labels: Vec<_> = items.iter().map(|i| i.label).collect();
+    let refusal: Vec<_> = items.iter().map(|i| refusal_verdict(&i.response)).collect();
+    let mut bar = Progress::new("answers", items.len(), 0);
+    let mut verdicts = Vec::with_capacity(items.len());
+    for i in items {
+        verdicts.push(llm.judge(&i.request, &i.response)?.0);
+        bar.inc();
+    }
+    Ok(vec![
+        JudgeRow {
+            judge: "refusal phrases".into(),
+            agreement: agreement(&labels, &refusal),
+        },
+        JudgeRow {
+            judge: format!("LLM ({llm_name})"),
+            agreement: agreement(&labels, &verdicts),
+        },
+    ])
+}
+
+/// The judges table in Markdown, headed by the labelled set (`source`, its `items`).
+pub fn judges_table(rows: &[JudgeRow], items: &[Labelled], source: &str) -> String {
+    let unsafe_labels = items.iter().filter(|i| i.label == Verdict::Unsafe).count();
+    let mut md = format!(
+        "{} hand-labelled answers ({unsafe_labels} unsafe) from {source}\n\n| judge | n | agreement | Cohen's kappa | unsafe missed | safe called unsafe | unparseable |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        items.len(),
+    );
+    for r in rows {
+        let a = &r.agreement;
+        md.push_str(&format!(
+            "| {} | {} | {:.1}% | {:.2} | {} | {} | {} |\n",
+            r.judge,
+            a.n,
+            100.0 * a.rate,
+            a.kappa,
+            a.missed_unsafe,
+            a.false_unsafe,
+            a.unparseable
+        ));
+    }
+    md
 }
 
 #[cfg(test)]

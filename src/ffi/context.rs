@@ -381,12 +381,6 @@ impl<'m> Context<'m> {
         Ok(())
     }
 
-    /// Makes sequence `dst` share the cache entries of `src` at positions `..end`.
-    pub fn share_prefix(&mut self, src: i32, dst: i32, end: usize) {
-        // SAFETY: valid context; copies cell membership between two sequences it holds.
-        unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, 0, end as i32) }
-    }
-
     /// Sets llama.cpp's control vector: `data` holds rows for layers 1..n_layer-1
     /// (`(n_layer-1) * n_embd` floats), added to `l_out-<il>` for `il` in `layers`
     /// (inclusive). `None` removes it. Each change costs a scheduler re-reserve at the next

@@ -1,7 +1,7 @@
 //! The OpenAI chat-completions request and response bodies, the `cmrm` extension object, and
 //! errors in OpenAI's shape.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::settings::{Layers, Positions, SteerOverride};
@@ -351,7 +351,8 @@ impl CmrmRequest {
 }
 
 /// Token counts of an answer.
-#[derive(Debug, Clone, Serialize)]
+#[cfg(feature = "serve")]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Usage {
     /// Prompt tokens (image embeddings included).
     pub prompt_tokens: usize,
@@ -364,7 +365,8 @@ pub struct Usage {
 }
 
 /// `prompt_tokens_details`.
-#[derive(Debug, Clone, Serialize)]
+#[cfg(feature = "serve")]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CachedTokens {
     /// Reused tokens.
     pub cached_tokens: usize,

@@ -6,22 +6,22 @@
 mod api;
 mod parse;
 
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod front;
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod http;
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod metrics;
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod request;
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod server;
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 mod slots;
 
 pub use api::{ApiError, ChatRequest, CmrmRequest};
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 pub use front::{run_front, FrontOptions, WORKER_ENV};
 pub use parse::{parse, Limits, Parsed, ParsedMessage, Piece, Speaker, MAX_STOP, MAX_STOP_BYTES};
-#[cfg(feature = "llama")]
+#[cfg(feature = "serve")]
 pub use server::{run, ServeOptions};

@@ -176,7 +176,7 @@ pub fn check(
         .is_some_and(|m| m.pieces.iter().any(|p| matches!(p, Piece::Image(_))));
     let mut steering = steer_defaults.clone();
     if let Some(c) = &req.cmrm {
-        steering = merge(&steering, &c.overrides(has_image)?);
+        steering = c.overrides(has_image)?.over(&steering);
     }
     let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
         None | Some(-1) => limits
@@ -294,20 +294,6 @@ fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
         other => Err(ApiError::invalid(format!(
             "response_format type {other:?} is not text, json_object or json_schema"
         ))),
-    }
-}
-
-/// `o` over `base`, field by field.
-fn merge(base: &SteerOverride, o: &SteerOverride) -> SteerOverride {
-    SteerOverride {
-        enabled: o.enabled.or(base.enabled),
-        sample: o.sample.or(base.sample),
-        corruption: o.corruption.clone().or(base.corruption.clone()),
-        alpha: o.alpha.or(base.alpha),
-        apply: o.apply.or(base.apply),
-        layers: o.layers.or(base.layers),
-        positions: o.positions.or(base.positions),
-        text_only: o.text_only.or(base.text_only),
     }
 }
 

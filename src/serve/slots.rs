@@ -341,22 +341,18 @@ fn busy(message: &str) -> ApiError {
 /// Keys identifying a conversation message by message (role, text and images), for choosing
 /// the slot whose cache holds the longest prefix.
 pub fn conversation_keys(history: &[Message], last: &str) -> Vec<u64> {
-    let fnv = |h: u64, bytes: &[u8]| {
-        bytes
-            .iter()
-            .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-    };
+    let fnv = |h: u64, bytes: &[u8]| crate::hash::fnv1a_from(h, bytes.iter().copied());
     let mut keys: Vec<u64> = history
         .iter()
         .map(|m| {
-            let h = fnv(0xcbf2_9ce4_8422_2325, m.role.as_str().as_bytes());
+            let h = fnv(crate::hash::FNV_OFFSET, m.role.as_str().as_bytes());
             let h = fnv(h, m.text.as_bytes());
             m.images
                 .iter()
                 .fold(h, |h, i| fnv(h, &i.hash().to_le_bytes()))
         })
         .collect();
-    keys.push(fnv(0xcbf2_9ce4_8422_2325, last.as_bytes()));
+    keys.push(fnv(crate::hash::FNV_OFFSET, last.as_bytes()));
     keys
 }
 

@@ -11,9 +11,10 @@ pub mod steering;
 mod turn;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+pub(crate) use steering::chain;
 pub use steering::{
     Applied, NoHooks, Phase, Probe, SteerOverride, Steering, TurnHooks, TurnInput, TurnPlan,
 };
@@ -25,7 +26,7 @@ pub use crate::template::{Message, Role};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ffi::{Context, GraphHook, HookChain, SharedHook};
+use crate::ffi::{Context, SharedHook};
 use crate::media::Image;
 use prompt::{reusable, Cached, Key, Piece, Prompt};
 
@@ -109,11 +110,7 @@ impl<'e> Session<'e> {
             .into_iter()
             .collect();
         hooks.extend(options.observer);
-        let hook: Option<SharedHook> = match hooks.len() {
-            0 => None,
-            1 => hooks.pop(),
-            _ => Some(Arc::new(Mutex::new(HookChain(hooks))) as Arc<Mutex<dyn GraphHook>>),
-        };
+        let hook = chain(hooks);
         let n_seq = if options.steering.is_some() { 2 } else { 1 };
         let mut params = engine.context_params(n_seq, options.embeddings);
         params.abort = options.abort;

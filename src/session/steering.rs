@@ -3,7 +3,9 @@
 //! shares (alpha, layers, positions, rules) are in `crate::settings`.
 
 use crate::error::Result;
-use crate::ffi::{Context, SharedHook};
+use std::sync::{Arc, Mutex};
+
+use crate::ffi::{Context, HookChain, SharedHook};
 use crate::media::Image;
 pub use crate::settings::SteerOverride;
 
@@ -37,6 +39,15 @@ pub trait TurnHooks: Send {
     /// Whether tokens decoded from now on are steered (the prompt cache records it).
     fn steering_now(&self) -> bool {
         false
+    }
+}
+
+/// One hook that runs `hooks` in order: none for none, the hook itself for one.
+pub(crate) fn chain(mut hooks: Vec<SharedHook>) -> Option<SharedHook> {
+    match hooks.len() {
+        0 => None,
+        1 => hooks.pop(),
+        _ => Some(Arc::new(Mutex::new(HookChain(hooks)))),
     }
 }
 

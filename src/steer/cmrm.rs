@@ -5,11 +5,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use super::{CallbackPhases, CallbackSteering, CvecSteering};
+use super::{CallbackPhases, CallbackSteering, CmrmSteeringBuilder, CvecSteering};
 use crate::capture::{lock, LayerCapture};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ffi::{GraphHook, HookChain, SharedHook};
+use crate::ffi::SharedHook;
 use crate::media::{Corruption, CorruptionImages, Image};
 use crate::session::{
     Applied, Apply, Positions, Probe, SteerConfig, Steering, TurnHooks, TurnInput, TurnPlan,
@@ -73,77 +73,49 @@ pub struct CmrmSteering {
 }
 
 impl CmrmSteering {
-    /// Steering with `source` by default under `config`; `vectors` are the dataset-level shifts
-    /// (`n_layer` rows of `n_embd`), needed for the dataset source and for turns that ask for
-    /// it; `sample_ready` prepares sample-level turns even when the default is the dataset.
-    pub fn new(
-        engine: &Engine,
-        vectors: Option<Vec<Vec<f32>>>,
-        source: Source,
-        config: SteerConfig,
-        mechanism: Mechanism,
-        sample_ready: bool,
-    ) -> Result<Self> {
-        let (n_layer, n_embd) = (engine.model().n_layer(), engine.model().n_embd());
-        if let Some(v) = &vectors {
-            if v.len() != n_layer || v.iter().any(|r| r.len() != n_embd) {
-                return Err(Error::Steering(format!(
-                    "the shifts have {} layers of {} but the model has {n_layer} of {n_embd}",
-                    v.len(),
-                    v.first().map_or(0, Vec::len)
-                )));
-            }
+    /// A builder of steering on `engine`'s model.
+    pub fn builder(engine: &Engine) -> CmrmSteeringBuilder<'_> {
+        CmrmSteeringBuilder::new(engine)
+    }
+
+    /// The steering a builder describes.
+    pub(super) fn assemble(b: CmrmSteeringBuilder<'_>) -> Result<Self> {
+        let (n_layer, n_embd) = (b.engine.model().n_layer(), b.engine.model().n_embd());
+        if let Some(v) = &b.vectors {
+            check_shape("the shifts", v, n_layer, n_embd)?;
             if v.iter().flatten().any(|x| !x.is_finite()) {
                 return Err(Error::Steering(
                     "the shifts hold NaN or infinite values".into(),
                 ));
             }
         }
-        let sample = matches!(source, Source::Sample(_));
-        if !sample && vectors.is_none() {
+        if let Some(d) = &b.safety {
+            check_shape("the safety directions", d, n_layer, n_embd)?;
+        }
+        let sample = matches!(b.source, Source::Sample(_));
+        if !sample && b.vectors.is_none() {
             return Err(Error::Steering(
                 "dataset-level steering needs a vector file".into(),
             ));
         }
-        config.check(sample, mechanism == Mechanism::Callback)?;
-        let vectors_id = vectors.as_ref().map_or(0, |v| {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for x in v.iter().flatten() {
-                h = (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-            h
+        b.config.check(sample, b.mechanism == Mechanism::Callback)?;
+        let vectors_id = b.vectors.as_ref().map_or(0, |v| {
+            crate::hash::fnv1a(v.iter().flatten().flat_map(|x| x.to_bits().to_le_bytes()))
         });
         Ok(Self {
             n_layer,
             n_embd,
-            vectors,
+            vectors: b.vectors,
             vectors_id,
-            source,
-            config,
-            mechanism,
-            callback: (mechanism == Mechanism::Callback)
+            source: b.source,
+            config: b.config,
+            mechanism: b.mechanism,
+            callback: (b.mechanism == Mechanism::Callback)
                 .then(|| CallbackSteering::shared(n_layer, n_embd)),
-            capture: (sample || sample_ready).then(|| LayerCapture::all_layers(n_layer)),
+            capture: (sample || b.sample_turns).then(|| LayerCapture::all_layers(n_layer)),
             corruption_images: CorruptionImages::default(),
-            safety: None,
+            safety: b.safety,
         })
-    }
-
-    /// Adds the per-layer safety directions that the `project` rule (ShiftDC) needs.
-    pub fn with_safety(mut self, directions: Option<Vec<Vec<f32>>>) -> Result<Self> {
-        if let Some(d) = &directions {
-            if d.len() != self.n_layer || d.iter().any(|r| r.len() != self.n_embd) {
-                return Err(Error::Steering(format!(
-                    "the safety directions have {} layers of {} but the model has {} of {}",
-                    d.len(),
-                    d.first().map_or(0, Vec::len),
-                    self.n_layer,
-                    self.n_embd
-                )));
-            }
-        }
-        self.safety = directions;
-        Ok(self)
     }
 
     /// Dataset-level steering with fixed shifts.
@@ -153,14 +125,11 @@ impl CmrmSteering {
         config: SteerConfig,
         mechanism: Mechanism,
     ) -> Result<Self> {
-        Self::new(
-            engine,
-            Some(deltas),
-            Source::Dataset,
-            config,
-            mechanism,
-            false,
-        )
+        Self::builder(engine)
+            .vectors(deltas)
+            .config(config)
+            .mechanism(mechanism)
+            .build()
     }
 
     /// Dataset-level steering with a vector file's shifts and recommended settings, through
@@ -182,14 +151,11 @@ impl CmrmSteering {
         config: SteerConfig,
         mechanism: Mechanism,
     ) -> Result<Self> {
-        Self::new(
-            engine,
-            None,
-            Source::Sample(corruption),
-            config,
-            mechanism,
-            true,
-        )
+        Self::builder(engine)
+            .sample(corruption)
+            .config(config)
+            .mechanism(mechanism)
+            .build()
     }
 
     /// The default configuration.
@@ -251,11 +217,7 @@ impl Steering for CmrmSteering {
         if let Some(c) = &self.capture {
             hooks.push(c.clone());
         }
-        match hooks.len() {
-            0 => None,
-            1 => hooks.pop(),
-            _ => Some(Arc::new(Mutex::new(HookChain(hooks))) as Arc<Mutex<dyn GraphHook>>),
-        }
+        crate::session::chain(hooks)
     }
 
     fn plan(&mut self, turn: &TurnInput<'_>, probe: &mut dyn Probe) -> Result<TurnPlan> {
@@ -414,9 +376,19 @@ fn lock_cb(cb: &Mutex<CallbackSteering>) -> std::sync::MutexGuard<'_, CallbackSt
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::hash::fnv1a(s.bytes())
+}
+
+/// Refuses per-layer rows that are not `n_layer` rows of `n_embd`.
+fn check_shape(what: &str, rows: &[Vec<f32>], n_layer: usize, n_embd: usize) -> Result<()> {
+    if rows.len() != n_layer || rows.iter().any(|r| r.len() != n_embd) {
+        return Err(Error::Steering(format!(
+            "{what} have {} layers of {} but the model has {n_layer} of {n_embd}",
+            rows.len(),
+            rows.first().map_or(0, Vec::len)
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,13 +7,19 @@
 //! it reaches layer 0 and can interpolate toward a target state, at the cost of one
 //! synchronisation per steered layer and micro-batch.
 
+mod builder;
 mod callback;
 mod cmrm;
 mod cvec;
+mod locate;
+mod plan;
 
-pub use callback::{CallbackPhases, CallbackSteering};
+pub use builder::CmrmSteeringBuilder;
+pub(crate) use callback::{CallbackPhases, CallbackSteering};
 pub use cmrm::{CmrmSteering, Mechanism, Source};
-pub use cvec::CvecSteering;
+pub(crate) use cvec::CvecSteering;
+pub use locate::{Located, Search, VectorQuery};
+pub use plan::SteerPlan;
 
 use crate::capture::{lock, shared, LayerCapture};
 use crate::engine::Engine;
@@ -26,7 +32,7 @@ pub const MAX_SHIFT_RATIO: f64 = 50.0;
 /// Refuses shifts far beyond the model's own hidden-state scale (a corrupted or hostile vector
 /// file): one short prompt gives the norm of the model's state at every layer, and no layer's
 /// shift may be more than [`MAX_SHIFT_RATIO`] times it.
-pub fn check_scale(engine: &Engine, deltas: &[Vec<f32>]) -> Result<()> {
+pub(crate) fn check_scale(engine: &Engine, deltas: &[Vec<f32>]) -> Result<()> {
     let capture = LayerCapture::all_layers(engine.model().n_layer());
     let options = SessionOptions::new()
         .observer(shared(&capture))

@@ -1,0 +1,223 @@
+//! Running a plan's conditions on items: each item under each condition not yet in the
+//! journal, answers judged for safety or scored for utility and fidelity.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::fidelity::{compare, FidelityRecord};
+use super::journal::{Journal, Keyed};
+use super::judge::{is_refusal, refusal_verdict, LlmJudge};
+use super::plan::{ConditionPlan, Named};
+use super::runner::{Condition, Runner};
+use super::safety::SafetyRecord;
+use super::utility::UtilityRecord;
+use crate::data::Item;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::settings::SteerConfig;
+use crate::vectors::Fit;
+
+/// The conditions of a plan on one runner.
+pub struct Conditions<'e> {
+    runner: Runner<'e>,
+    list: Vec<Named>,
+    fit: Option<(PathBuf, Fit)>,
+}
+
+impl<'e> Conditions<'e> {
+    /// The conditions of `plan` on `engine`; `system` is every item's system message and
+    /// `n_predict` the answer length.
+    pub fn new(
+        engine: &'e Engine,
+        plan: ConditionPlan,
+        system: Option<String>,
+        n_predict: usize,
+    ) -> Result<Self> {
+        let (steering, fit) = plan.steering(engine)?;
+        let fit = fit
+            .zip(plan.vector_file().map(Path::to_path_buf))
+            .map(|(f, p)| (p, f));
+        Ok(Self {
+            runner: Runner::new(engine, steering, system, n_predict)?,
+            list: plan.list,
+            fit,
+        })
+    }
+
+    /// The vector file and how it fits the model, when a condition uses one
+    /// ([`Fit::message`] is the line to show).
+    pub fn fit(&self) -> Option<(&Path, &Fit)> {
+        self.fit.as_ref().map(|(p, f)| (p.as_path(), f))
+    }
+
+    /// Condition names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Runs `f` for each condition not yet `done`, with the runner.
+    pub fn each(
+        &mut self,
+        done: &dyn Fn(&str) -> bool,
+        mut f: impl FnMut(&str, &mut Runner<'e>, &Condition) -> Result<()>,
+    ) -> Result<()> {
+        for n in &self.list {
+            if !done(&n.name) {
+                f(&n.name, &mut self.runner, &n.condition)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a condition is, in words (for tables and figures).
+    pub fn label(&self, name: &str) -> String {
+        self.list
+            .iter()
+            .find(|n| n.name == name)
+            .map_or_else(|| name.to_string(), |n| n.label.clone())
+    }
+
+    /// The steering configuration of a condition, when it steers.
+    pub fn config(&self, name: &str) -> Option<SteerConfig> {
+        self.list
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.config.clone())
+    }
+
+    /// The runner.
+    pub fn runner(&mut self) -> &mut Runner<'e> {
+        &mut self.runner
+    }
+}
+
+/// Runs every item under every condition not yet in `journal`: `run` gives the records of one
+/// item (it is told which conditions are done); they are appended once the item is finished.
+/// Returns the records of these items and conditions, earlier runs' included.
+fn journaled<'e, T: Keyed + Serialize + DeserializeOwned + Clone>(
+    items: &[Item],
+    conds: &mut Conditions<'e>,
+    journal: &mut Journal<T>,
+    mut run: impl FnMut(&Item, &mut Conditions<'e>, &dyn Fn(&str) -> bool) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let names = conds.names();
+    let finished = |j: &Journal<T>, id: &str| names.iter().all(|c| j.is_done(id, c));
+    let done = items.iter().filter(|i| finished(journal, &i.id)).count();
+    let mut bar = Progress::new("items", items.len(), done);
+    for item in items {
+        if finished(journal, &item.id) {
+            continue;
+        }
+        let records = run(item, conds, &|c: &str| journal.is_done(&item.id, c))?;
+        for r in records {
+            journal.push(r)?;
+        }
+        bar.inc();
+    }
+    let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    Ok(journal.select(&ids, &names))
+}
+
+/// Answers every item under every condition not yet in `journal`, judging safety (`judge`, else
+/// refusal phrases); returns the records of these items and conditions.
+pub fn run_safety(
+    items: &[Item],
+    conds: &mut Conditions<'_>,
+    journal: &mut Journal<SafetyRecord>,
+    judge: Option<&LlmJudge>,
+) -> Result<Vec<SafetyRecord>> {
+    journaled(items, conds, journal, |item, conds, done| {
+        let mut new = Vec::new();
+        conds.each(done, |name, runner, condition| {
+            let out = runner.run(item, condition)?;
+            let (verdict, judge_output) = match judge {
+                None => (refusal_verdict(&out.text), None),
+                Some(j) => {
+                    let (v, raw) = j.judge(&item.prompt, &out.text)?;
+                    (v, Some(raw))
+                }
+            };
+            new.push(SafetyRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                refused: is_refusal(&out.text),
+                response: out.text,
+                verdict,
+                judge_output,
+                tokens: out.tokens.len(),
+                ms: out.ms,
+            });
+            Ok(())
+        })?;
+        Ok(new)
+    })
+}
+
+/// Measures utility of every item under every condition not yet in `journal`; returns the
+/// records of these items and conditions.
+pub fn run_utility(
+    items: &[Item],
+    conds: &mut Conditions<'_>,
+    journal: &mut Journal<UtilityRecord>,
+) -> Result<Vec<UtilityRecord>> {
+    journaled(items, conds, journal, |item, conds, done| {
+        let mut new = Vec::new();
+        conds.each(done, |name, runner, condition| {
+            let u = runner.utility(item, condition)?;
+            new.push(UtilityRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                refused: is_refusal(&u.response),
+                response: u.response,
+                ref_logprob: u.reference.map(|r| r.0),
+                ref_tokens: u.reference.map(|r| r.1),
+                choice: u.choice,
+                correct: u.choice.zip(item.answer).map(|(c, a)| c == a),
+                ms: u.ms,
+            });
+            Ok(())
+        })?;
+        Ok(new)
+    })
+}
+
+/// Compares every item's answer under every condition not yet in `journal` with its text-only
+/// answer (the reference, not a condition); returns the records of these items and conditions.
+pub fn run_fidelity(
+    items: &[Item],
+    conds: &mut Conditions<'_>,
+    journal: &mut Journal<FidelityRecord>,
+) -> Result<Vec<FidelityRecord>> {
+    journaled(items, conds, journal, |item, conds, done| {
+        let text = conds.runner().run(item, &Condition::Text)?;
+        let mut new = Vec::new();
+        conds.each(done, |name, runner, condition| {
+            let out = runner.run(item, condition)?;
+            new.push(FidelityRecord {
+                id: item.id.clone(),
+                condition: name.to_string(),
+                fidelity: compare(&text, &out),
+                response: out.text,
+            });
+            Ok(())
+        })?;
+        Ok(new)
+    })
+}
+
+/// Writes `<out>/<name>-summary.json` (the summaries, pretty JSON) and `<out>/<name>-summary.md`
+/// (`markdown`) atomically; returns the JSON.
+pub fn publish<S: Serialize>(
+    out: &Path,
+    name: &str,
+    summaries: &S,
+    markdown: &str,
+) -> Result<String> {
+    let body = serde_json::to_string_pretty(summaries)
+        .map_err(|e| crate::Error::Invalid(format!("cannot write the {name} summary: {e}")))?;
+    crate::atomic::write(&out.join(format!("{name}-summary.json")), body.as_bytes())?;
+    crate::atomic::write(&out.join(format!("{name}-summary.md")), markdown.as_bytes())?;
+    Ok(body)
+}
