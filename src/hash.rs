@@ -11,7 +11,8 @@ pub(crate) fn fnv1a_from(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
         .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The FNV-1a hash of `bytes`.
+/// The FNV-1a hash of `bytes` (used by the steering, which needs the `llama` feature).
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
 pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     fnv1a_from(FNV_OFFSET, bytes)
 }

@@ -255,7 +255,7 @@ fn sweep_writes_the_trade_off_and_the_chosen_default() {
         "{table}"
     );
     assert!(
-        table.contains("| CMRM dataset, alpha 0.5, layer 8, last prompt token + generated |"),
+        table.contains("| CMRM dataset, alpha 0.5, layer 8, last prompt token only |"),
         "{table}"
     );
     assert!(
