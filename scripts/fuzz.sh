@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes cmrm's readers of untrusted input with cargo-fuzz (libFuzzer, AddressSanitizer):
-# vector files, GGUF model/mmproj headers, JSONL data sets, images and data URIs.
+# vector files, GGUF model/mmproj headers, JSONL data sets, images and data URIs, and the
+# server's chat-completions bodies.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET [TARGET...]]     (CI: 60 s each; long runs: hours)
 # The targets are in tests/fuzz (built without llama.cpp, in a minute); their seeds in
 # tests/fuzz/corpus. What libFuzzer finds is written to tests/fuzz/artifacts/TARGET/: add it to
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(vector_file model_header jsonl image)
+[ ${#targets[@]} -gt 0 ] || targets=(vector_file model_header jsonl image chat_request)
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked --quiet

@@ -114,3 +114,36 @@ fn image_seeds() {
         );
     }
 }
+
+#[test]
+fn chat_request_seeds() {
+    let limits = cmrm::serve::Limits {
+        max_image_bytes: 1 << 20,
+        max_image_pixels: 1 << 22,
+        max_images: 4,
+        max_tokens: 256,
+        default_max_tokens: None,
+        media_path: None,
+        media_fetch: false,
+    };
+    for p in inputs("chat_request") {
+        let bytes = std::fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let parsed = cmrm::serve::parse(
+            &bytes,
+            &cmrm::SamplingParams::default(),
+            &cmrm::settings::SteerOverride::default(),
+            &limits,
+        );
+        match parsed {
+            Ok(r) => {
+                assert!(name.starts_with("valid"), "{name} was accepted");
+                assert!(r.max_tokens <= limits.max_tokens, "{name}");
+            }
+            Err(e) => {
+                assert!(!name.starts_with("valid"), "{name}: {}", e.message);
+                assert_eq!(e.status, 400, "{name}: {}", e.message);
+            }
+        }
+    }
+}

@@ -137,4 +137,28 @@ w("image", "bad-base64.txt", b"data:image/png;base64,@@@@")
 # A PNG header that declares a 100000 x 100000 image (a decompression bomb).
 bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
 w("image", "huge-dimensions.png", bomb + b"\0" * 4)
+# Chat-completions bodies of the server (valid-* are accepted, the others refused).
+CHAT = {
+    "valid-text.json": b'{"messages": [{"role": "user", "content": "Hi."}]}',
+    "valid-parts.json": b'{"model": "m", "messages": [{"role": "system", "content": "Be brief."}, '
+    b'{"role": "user", "content": [{"type": "text", "text": "What is it?"}, '
+    b'{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}], '
+    b'"max_tokens": 16, "stream": true, "stream_options": {"include_usage": true}, "stop": ["\\n", "."], '
+    b'"temperature": 0.2, "top_p": 0.9, "top_k": 40, "seed": 7, "logit_bias": {"15": -1, "16": false}, '
+    b'"user": "u", "metadata": {"a": "b"}, "response_format": {"type": "json_object"}, '
+    b'"cmrm": {"enabled": true, "alpha": 0.5, "layers": "1-2", "positions": "last", "sample": true, "corruption": "noise:3"}}',
+    "unknown-field.json": b'{"messages": [{"role": "user", "content": "Hi."}], "temprature": 1}',
+    "tools.json": b'{"messages": [{"role": "user", "content": "Hi."}], "tools": [{"type": "function"}]}',
+    "five-stops.json": b'{"messages": [{"role": "user", "content": "Hi."}], "stop": ["a", "b", "c", "d", "e"]}',
+    "assistant-last.json": b'{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello"}]}',
+    "assistant-image.json": b'{"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, '
+    b'{"role": "user", "content": "Hi."}]}',
+    "too-many-tokens.json": b'{"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 100000}',
+    "bad-cmrm.json": b'{"messages": [{"role": "user", "content": "Hi."}], "cmrm": {"alpha": 1e9}}',
+    "zero-penalty.json": b'{"messages": [{"role": "user", "content": "Hi."}], "repeat_penalty": 0}',
+    "torn.json": b'{"messages": [{"role": "user", "content": "Hi',
+    "not-json": b"\xff\xfe hello",
+}
+for name, body in CHAT.items():
+    w("chat_request", name, body)
 print("seeds written to", OUT, file=sys.stderr)
