@@ -12,11 +12,14 @@ if [ ! -x "$out" ] || [ "$libs/src/libllama.a" -nt "$out" ]; then
   src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-*/llama.cpp | head -1)
   # The CPU flags cmrm's llama.cpp was compiled with (.cargo/config.toml: x86-64-v3).
   march=$(sed -n 's/^CMAKE_C_FLAGS:STRING=.*\(-march=[^ ]*\).*/\1/p' "$libs/CMakeCache.txt" | head -1)
+  # ggml's backend registry references the RPC backend when it was compiled in (GGML_RPC=ON).
+  rpc=()
+  [ -f "$libs/ggml/src/ggml-rpc/libggml-rpc.a" ] && rpc=("$libs/ggml/src/ggml-rpc/libggml-rpc.a")
   mkdir -p "$(dirname "$out")"
   g++ -O3 ${march:-} -std=c++17 -I"$src/include" -I"$src/ggml/include" -I"$src/common" \
     -I"$src/tools/mtmd" -I"$src/vendor" "$src/tools/mtmd/mtmd-cli.cpp" -o "$out.tmp" \
     "$libs/tools/mtmd/libmtmd.a" "$libs/common/libllama-common.a" "$libs/common/libllama-common-base.a" \
-    "$libs/src/libllama.a" "$libs/ggml/src/libggml.a" "$libs/ggml/src/libggml-cpu.a" \
+    "$libs/src/libllama.a" "$libs/ggml/src/libggml.a" "${rpc[@]}" "$libs/ggml/src/libggml-cpu.a" \
     "$libs/ggml/src/libggml-base.a" "$libs/vendor/hash/libvendor-hash.a" \
     "$libs/vendor/cpp-httplib/libcpp-httplib.a" -fopenmp -lpthread -ldl -lssl -lcrypto
   mv "$out.tmp" "$out"

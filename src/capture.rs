@@ -15,12 +15,12 @@ pub const RESULT_NORM: &str = "result_norm";
 
 /// Whether a graph tensor is the final-norm output: `result_norm`, renamed
 /// `result_embd_pooled` when the context returns embeddings without pooling.
-pub fn is_final_norm(name: &str) -> bool {
+fn is_final_norm(name: &str) -> bool {
     name == RESULT_NORM || name == "result_embd_pooled"
 }
 
 /// Parses `l_out-<il>` into `il`.
-pub fn layer_of(name: &str) -> Option<usize> {
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("l_out-")?.parse().ok()
 }
 
@@ -53,7 +53,7 @@ impl LayerCapture {
     }
 
     /// Turns capture on or off (off costs nothing per tensor beyond a name check).
-    pub fn set_armed(&mut self, armed: bool) {
+    pub(crate) fn set_armed(&mut self, armed: bool) {
         self.armed = armed;
     }
 
@@ -113,7 +113,9 @@ impl GraphHook for LayerCapture {
 
 /// Locks a shared capture; a poison left by a panic in the capture is cleared and reported
 /// once, as [`Error::Internal`].
-pub fn lock(capture: &Mutex<LayerCapture>) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {
+pub(crate) fn lock(
+    capture: &Mutex<LayerCapture>,
+) -> Result<std::sync::MutexGuard<'_, LayerCapture>> {
     capture.lock().map_err(|_| {
         capture.clear_poison();
         Error::Internal(

@@ -220,7 +220,7 @@ impl Engine {
     }
 
     /// Parameters of a context for `n_seq` sequences.
-    pub fn context_params(&self, n_seq: u32, embeddings: bool) -> ContextParams {
+    pub(crate) fn context_params(&self, n_seq: u32, embeddings: bool) -> ContextParams {
         let o = &self.options;
         ContextParams {
             n_ctx: o.n_ctx,

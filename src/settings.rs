@@ -231,7 +231,10 @@ impl SteerConfig {
     }
 }
 
-/// A turn's own steering settings; unset fields keep the session's.
+/// Steering settings, each optional: what the command-line flags, a server request's `cmrm`
+/// object, a vector file's recommended settings (through `From<&SteerConfig>`) and a turn's own
+/// settings say, laid over each other with [`over`](Self::over). Unset fields keep the
+/// settings below (a turn's: the session's).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SteerOverride {
     /// Steer this turn or not.

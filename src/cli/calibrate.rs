@@ -7,7 +7,7 @@ use clap::Args;
 
 use cmrm::calibrate::{self, CalibrateOptions};
 use cmrm::media::Corruption;
-use cmrm::session::{Apply, Layers, Positions, SteerConfig};
+use cmrm::session::{Apply, Layers, Positions, SteerConfig, SteerOverride};
 use cmrm::vectors::{default_path, AnchorSet, Method};
 use cmrm::Engine;
 
@@ -112,13 +112,14 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     if let Some(n) = args.limit {
         anchors.truncate(n);
     }
-    let recommended = SteerConfig {
-        alpha: args.alpha,
-        apply: args.apply,
-        positions: args.positions,
-        layers: args.layers.unwrap_or_default(),
-        text_only: false,
-    };
+    let recommended = SteerOverride {
+        alpha: Some(args.alpha),
+        apply: Some(args.apply),
+        positions: Some(args.positions),
+        layers: args.layers,
+        ..SteerOverride::default()
+    }
+    .config(&SteerConfig::default());
     recommended.check(false, false)?;
     let out = args
         .output

@@ -93,7 +93,7 @@ impl<'e> Runner<'e> {
     }
 
     /// Loads an item's image (or an error naming the item).
-    pub fn image_of(item: &Item) -> Result<Image> {
+    pub(crate) fn image_of(item: &Item) -> Result<Image> {
         let src = item
             .image
             .as_deref()
