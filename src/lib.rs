@@ -34,7 +34,7 @@
 //! [`sampling`], [`progress`] and the FNV-1a hash. All `unsafe` code is in [`ffi`]. Without the
 //! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
 //! llama.cpp. The `serve` feature adds [`serve`] (tokio, axum), the `cli` feature the `cmrm`
-//! binary (clap, anyhow); `--no-default-features --features llama` is the library alone.
+//! binary and its flag parser; `--no-default-features --features llama` is the library alone.
 
 #![deny(unsafe_code)]
 

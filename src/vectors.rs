@@ -225,6 +225,15 @@ pub struct Safety {
     pub n_benign: usize,
 }
 
+/// Each layer's shift without its component along that layer's refusal direction.
+pub fn strip_refusal(shifts: &[Vec<f32>], directions: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    shifts
+        .iter()
+        .zip(directions)
+        .map(|(d, s)| crate::math::project_out(d, s))
+        .collect()
+}
+
 /// How much of the dataset shift lies along the refusal direction, per layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RefusalComponent {
@@ -262,13 +271,7 @@ impl CmrmVectors {
     /// modality shift), when the file holds directions.
     pub fn without_refusal(&self) -> Option<Vec<Vec<f32>>> {
         let safety = self.safety.as_ref()?;
-        Some(
-            self.deltas
-                .iter()
-                .zip(&safety.directions)
-                .map(|(d, s)| crate::math::project_out(d, s))
-                .collect(),
-        )
+        Some(strip_refusal(&self.deltas, &safety.directions))
     }
 
     /// The control-vector rows (layers 1..n_layer-1) for a steering configuration.

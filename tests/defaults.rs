@@ -19,22 +19,7 @@ fn calibrate(dir: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
 }
 
 fn chat(extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec!["chat".into()];
-    args.extend(model_args());
-    args.extend(
-        [
-            "--image",
-            s(&photo()),
-            "-p",
-            PROMPT,
-            "-n",
-            "6",
-            "--temp",
-            "0",
-            "-v",
-        ]
-        .map(String::from),
-    );
+    let mut args = photo_chat_args(PROMPT, 6, &["-v"]);
     args.extend(extra.iter().map(|s| s.to_string()));
     std::process::Command::new(env!("CARGO_BIN_EXE_cmrm"))
         .args(&args)

@@ -71,23 +71,7 @@ fn free_port() -> u16 {
 
 /// `cmrm chat` on the photo, greedy, 24 tokens, with `extra` flags: the answer.
 fn chat(extra: &[&str]) -> String {
-    let mut args = vec!["chat".to_string()];
-    args.extend(model_args());
-    args.extend(
-        [
-            "--image",
-            s(&photo()),
-            "-p",
-            PROMPT,
-            "-n",
-            "24",
-            "--temp",
-            "0",
-        ]
-        .map(String::from),
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    run_ok(&args)
+    run_ok(&photo_chat_args(PROMPT, 24, extra))
 }
 
 fn calibrate(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::path::PathBuf {

@@ -38,11 +38,7 @@ pub struct FrontOptions {
 
 /// Runs the front until SIGINT or SIGTERM. `ready` is called with the bound address.
 pub fn run_front(options: FrontOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
+    let rt = super::server::runtime()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(options.addr)
             .await

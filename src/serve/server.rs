@@ -51,14 +51,19 @@ pub struct ServeOptions {
     pub public: Option<SocketAddr>,
 }
 
-/// Serves until SIGINT or SIGTERM; then finishes the requests under way (at most 30 s) and
-/// returns. `ready` is called with the bound address once the server listens.
-pub fn run(options: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The server's tokio runtime (two workers: the model runs on the slots' own threads).
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))
+}
+
+/// Serves until SIGINT or SIGTERM; then finishes the requests under way (at most 30 s) and
+/// returns. `ready` is called with the bound address once the server listens.
+pub fn run(options: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let rt = runtime()?;
     rt.block_on(async move {
         let metrics = Arc::new(metrics::Metrics::default());
         let pool = slots::Pool::start(

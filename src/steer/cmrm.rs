@@ -332,11 +332,7 @@ impl CmrmSteering {
                 "the pure rule needs the vector file's refusal directions: calibrate with --method shiftdc --benign FILE".into(),
             )
         })?;
-        Ok(shifts
-            .iter()
-            .zip(dirs)
-            .map(|(d, s)| crate::math::project_out(d, s))
-            .collect())
+        Ok(crate::vectors::strip_refusal(&shifts, dirs))
     }
 
     fn hooks_for(&self, deltas: &[Vec<f32>], config: &SteerConfig) -> Result<Box<dyn TurnHooks>> {

@@ -126,6 +126,28 @@ pub fn model_args() -> Vec<String> {
     .to_vec()
 }
 
+/// `cmrm chat` on the fixture and the photo, greedy: `prompt`, `n` tokens, then `extra`.
+pub fn photo_chat_args(prompt: &str, n: u32, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["chat".to_string()];
+    args.extend(model_args());
+    let n = n.to_string();
+    args.extend(
+        [
+            "--image",
+            s(&photo()),
+            "-p",
+            prompt,
+            "-n",
+            &n,
+            "--temp",
+            "0",
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// One creation time for every run, so that a rerun or a resumed file can equal another
 /// byte for byte (the stamp is the only field that may differ).
 pub const EPOCH: &str = "1764000000";
