@@ -2,13 +2,13 @@
 //! that a wrong file is refused with an error that names it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::embeddings::{EmbeddingCache, EmbeddingStats};
 use crate::error::{Error, Result};
 use crate::ffi::{
-    self, ComputeGate, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd, MtmdParams,
-    Placement, RpcEndpoint,
+    self, Batched, ComputeGate, ContextParams, FlashAttn, KvType, LoadMode, Model, Mtmd,
+    MtmdParams, Placement, RpcEndpoint,
 };
 use crate::gguf;
 use crate::template::{ChatTemplate, TemplateOptions};
@@ -121,7 +121,7 @@ impl EngineOptions {
 /// between threads (each with its own sessions); the projector is used by one at a time.
 pub struct Engine {
     // Declared first so that it is dropped before the model it refers to.
-    mtmd: Option<Mutex<Mtmd>>,
+    mtmd: Option<Mtmd>,
     model: Model,
     template: ChatTemplate,
     options: EngineOptions,
@@ -148,7 +148,7 @@ impl Engine {
         };
         let model = Model::load(&options.model, &placement, options.load_mode)?;
         let mtmd = match &options.mmproj {
-            Some(path) => Some(Mutex::new(load_projector(path, &model, &options)?)),
+            Some(path) => Some(load_projector(path, &model, &options)?),
             None => None,
         };
         let template = ChatTemplate::new(&options.template, &model).map_err(|e| match e {
@@ -172,12 +172,9 @@ impl Engine {
         &self.model
     }
 
-    /// The projector, when one was loaded, locked for this thread (encoding is not
-    /// thread-safe).
-    pub fn mtmd(&self) -> Option<MutexGuard<'_, Mtmd>> {
-        self.mtmd
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The projector, when one was loaded (it serializes its own encoding).
+    pub fn mtmd(&self) -> Option<&Mtmd> {
+        self.mtmd.as_ref()
     }
 
     /// The embeddings of the image chunk with content `key` (a SHA-256 digest): from the
@@ -217,6 +214,12 @@ impl Engine {
     /// The chat template in use.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// A context for `lanes` sessions decoded together (continuous batching), each lane of
+    /// the engine's context size.
+    pub fn batched(&self, lanes: usize, embeddings: bool) -> Result<Batched<'_>> {
+        Batched::new(self.model(), &self.context_params(2, embeddings), lanes)
     }
 
     /// Parameters of a context for `n_seq` sequences.

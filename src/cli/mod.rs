@@ -36,11 +36,28 @@ pub use errors::report;
 /// Restore the safety alignment of quantized vision-language models at inference time (CMRM)
 /// on llama.cpp.
 #[derive(Parser)]
-#[command(name = "cmrm", version, long_version = rpc::long_version(), about)]
+#[command(
+    name = "cmrm",
+    version,
+    long_version = rpc::long_version(),
+    about,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The usual path through the commands, under `cmrm --help`.
+const AFTER_HELP: &str = "\
+The usual path (M = -m MODEL.gguf --mmproj MMPROJ.gguf):
+  cmrm calibrate $M --anchors vendor/sets/harmful-anchors.jsonl   # writes MODEL.cmrm.gguf beside the model
+  cmrm chat $M --image photo.jpg -p \"What is in this picture?\"     # steered with that file (-v says how)
+  cmrm serve $M --port 8080                                        # OpenAI API and a chat page
+  cmrm eval safety $M --data vendor/sets/harmful-eval.jsonl        # unsafe rate with and without CMRM
+
+`cmrm COMMAND --help` lists a command's flags; llama.cpp's flag names work (-ngl, -c, -fa, --temp).
+Every command and file format: docs/ in the source, starting at README.md.";
 
 #[derive(Subcommand)]
 enum Command {

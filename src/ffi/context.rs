@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
+use super::batch::{Busy, Cvec, Lane};
 use super::compute::{ComputeGate, SendPtr};
 use super::hook::{trampoline, SharedHook};
 use super::{failure, Model};
@@ -174,10 +175,65 @@ pub struct Context<'m> {
     /// Whether the last decode asked for logits.
     has_logits: bool,
     gate: Arc<ComputeGate>,
-    /// Keeps the abort flag alive (at a fixed address) for the C callback.
+    /// Keeps the abort flag alive (at a fixed address) for the C callback; a lane checks it
+    /// between steps.
     abort: Option<Arc<AtomicBool>>,
-    /// Keeps the hook alive at a fixed address for the C callback.
-    _hook: Option<Box<SharedHook>>,
+    kind: Kind,
+}
+
+/// Whose llama.cpp context it is.
+enum Kind {
+    /// This value's own (freed with it), with the hook kept alive at a fixed address for the C
+    /// callback.
+    Own { _hook: Option<Box<SharedHook>> },
+    /// A lane of a context decoded in batches with other lanes.
+    Lane(Lane),
+}
+
+/// Creates a llama.cpp context with `params` and `hook` (boxed at a fixed address, to be kept
+/// alive as long as the context).
+pub(super) fn raw_context(
+    model: &Model,
+    params: &ContextParams,
+    hook: Option<SharedHook>,
+) -> Result<(NonNull<sys::llama_context>, Option<Box<SharedHook>>)> {
+    if params.n_batch == 0 || params.n_ubatch == 0 {
+        return Err(Error::Invalid("batch sizes must be positive".into()));
+    }
+    // SAFETY: plain constructor of a parameter struct.
+    let mut p = unsafe { sys::llama_context_default_params() };
+    p.n_ctx = params.n_ctx;
+    p.n_batch = params.n_batch;
+    p.n_ubatch = params.n_ubatch.min(params.n_batch);
+    p.n_seq_max = params.n_seq.max(1);
+    p.kv_unified = params.n_seq > 1;
+    p.n_threads = params.n_threads;
+    p.n_threads_batch = params.n_threads_batch;
+    p.embeddings = params.embeddings;
+    p.no_perf = false;
+    p.flash_attn_type = match params.flash_attn {
+        FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    };
+    // As llama.cpp's tools: a sliding-window cache only as large as the window.
+    p.swa_full = false;
+    p.type_k = params.type_k.ggml();
+    p.type_v = params.type_v.ggml();
+    if let Some(a) = &params.abort {
+        p.abort_callback = Some(abort_requested);
+        p.abort_callback_data = Arc::as_ptr(a).cast_mut().cast::<c_void>();
+    }
+    let hook = hook.map(Box::new);
+    if let Some(h) = &hook {
+        p.cb_eval = Some(trampoline);
+        p.cb_eval_user_data = (&**h as *const SharedHook).cast_mut().cast::<c_void>();
+    }
+    // SAFETY: the model outlives the context (the callers borrow it for the context's life);
+    // the hook box and the abort flag are kept by the callers as long as the context.
+    let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+    let ptr = NonNull::new(ptr).ok_or_else(|| failure("creating a context", None))?;
+    Ok((ptr, hook))
 }
 
 // SAFETY: a llama_context may be moved between threads as long as it is used by one at a
@@ -187,43 +243,7 @@ unsafe impl Send for Context<'_> {}
 impl<'m> Context<'m> {
     /// Creates a context; `hook` (fixed for the context's life) sees graph tensors.
     pub fn new(model: &'m Model, params: &ContextParams, hook: Option<SharedHook>) -> Result<Self> {
-        if params.n_batch == 0 || params.n_ubatch == 0 {
-            return Err(Error::Invalid("batch sizes must be positive".into()));
-        }
-        // SAFETY: plain constructor of a parameter struct.
-        let mut p = unsafe { sys::llama_context_default_params() };
-        p.n_ctx = params.n_ctx;
-        p.n_batch = params.n_batch;
-        p.n_ubatch = params.n_ubatch.min(params.n_batch);
-        p.n_seq_max = params.n_seq.max(1);
-        p.kv_unified = params.n_seq > 1;
-        p.n_threads = params.n_threads;
-        p.n_threads_batch = params.n_threads_batch;
-        p.embeddings = params.embeddings;
-        p.no_perf = false;
-        p.flash_attn_type = match params.flash_attn {
-            FlashAttn::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            FlashAttn::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            FlashAttn::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        };
-        // As llama.cpp's tools: a sliding-window cache only as large as the window.
-        p.swa_full = false;
-        p.type_k = params.type_k.ggml();
-        p.type_v = params.type_v.ggml();
-        let abort = params.abort.clone();
-        if let Some(a) = &abort {
-            p.abort_callback = Some(abort_requested);
-            p.abort_callback_data = Arc::as_ptr(a).cast_mut().cast::<c_void>();
-        }
-        let hook = hook.map(Box::new);
-        if let Some(h) = &hook {
-            p.cb_eval = Some(trampoline);
-            p.cb_eval_user_data = (&**h as *const SharedHook).cast_mut().cast::<c_void>();
-        }
-        // SAFETY: the model outlives the context (borrow); the hook and abort boxes outlive it
-        // too (fields).
-        let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| failure("creating a context", None))?;
+        let (ptr, hook) = raw_context(model, params, hook)?;
         // SAFETY: valid context.
         let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) } as usize;
         Ok(Self {
@@ -233,13 +253,58 @@ impl<'m> Context<'m> {
             cvec_set: false,
             has_logits: false,
             gate: params.gate.clone(),
-            abort,
-            _hook: hook,
+            abort: params.abort.clone(),
+            kind: Kind::Own { _hook: hook },
         })
     }
 
-    pub(super) fn as_ptr(&mut self) -> *mut sys::llama_context {
-        self.ptr.as_ptr()
+    /// A lane of a batched context (see [`super::Batched::lane`]).
+    pub(super) fn lane(
+        model: &'m Model,
+        lane: Lane,
+        ptr: NonNull<sys::llama_context>,
+        n_batch: usize,
+        gate: Arc<ComputeGate>,
+        abort: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Self {
+            ptr,
+            model,
+            n_batch,
+            cvec_set: false,
+            has_logits: false,
+            gate,
+            abort,
+            kind: Kind::Lane(lane),
+        }
+    }
+
+    /// Marks a turn: a batched context waits for this lane's decodes until the guard is
+    /// dropped (nothing for a context of its own).
+    pub fn busy(&self) -> Busy {
+        match &self.kind {
+            Kind::Lane(lane) => lane.busy(),
+            Kind::Own { .. } => Busy::none(),
+        }
+    }
+
+    /// Runs `f` on the compute thread with the llama.cpp context and the context's id of
+    /// sequence `seq` (a lane's hook sees every row meanwhile).
+    pub(super) fn exclusive<R: Send + 'static>(
+        &mut self,
+        seq: i32,
+        f: impl FnOnce(*mut sys::llama_context, i32) -> R + Send + 'static,
+    ) -> Result<R> {
+        match &self.kind {
+            Kind::Lane(lane) => lane.exclusive(seq, f),
+            Kind::Own { .. } => {
+                let ctx = SendPtr(self.ptr.as_ptr());
+                self.gate.run(move || {
+                    let ctx = ctx;
+                    f(ctx.0, seq)
+                })
+            }
+        }
     }
 
     /// The model this context runs.
@@ -247,8 +312,11 @@ impl<'m> Context<'m> {
         self.model
     }
 
-    /// Context length in tokens.
+    /// Context length in tokens (a lane's share of a batched context).
     pub fn n_ctx(&self) -> usize {
+        if let Kind::Lane(lane) = &self.kind {
+            return lane.n_ctx();
+        }
         // SAFETY: valid context.
         unsafe { sys::llama_n_ctx(self.ptr.as_ptr()) as usize }
     }
@@ -267,6 +335,21 @@ impl<'m> Context<'m> {
         seq: i32,
         logits_last: bool,
     ) -> Result<()> {
+        if let Kind::Lane(lane) = &mut self.kind {
+            if tokens.is_empty() {
+                return Ok(());
+            }
+            let n_ctx = lane.n_ctx();
+            let out = lane.decode(tokens, pos0, seq, logits_last, self.abort.clone());
+            self.has_logits = out.is_ok() && logits_last;
+            return out.map_err(|e| match e {
+                Error::ContextFull { .. } => Error::ContextFull {
+                    needed: pos0 + tokens.len(),
+                    n_ctx,
+                },
+                e => e,
+            });
+        }
         let end = pos0 + tokens.len();
         let mut pos = pos0;
         for piece in tokens.chunks(self.n_batch) {
@@ -334,6 +417,9 @@ impl<'m> Context<'m> {
                 "no logits: the last decode asked for none".into(),
             ));
         }
+        if let Kind::Lane(lane) = &self.kind {
+            return Ok(lane.logits());
+        }
         // SAFETY: valid context; -1 is the last output row, which exists because the last
         // decode succeeded with an output; the row holds n_vocab floats and stays valid until
         // the next decode, which needs `&mut self`.
@@ -351,6 +437,9 @@ impl<'m> Context<'m> {
         if !self.has_logits {
             return None;
         }
+        if let Kind::Lane(lane) = &self.kind {
+            return lane.embeddings();
+        }
         // SAFETY: valid context; the row holds n_embd floats while `self` is borrowed.
         unsafe {
             let p = sys::llama_get_embeddings_ith(self.ptr.as_ptr(), -1);
@@ -365,6 +454,13 @@ impl<'m> Context<'m> {
 
     /// Forgets every token of every sequence (KV cache cleared).
     pub fn clear(&mut self) {
+        self.has_logits = false;
+        if let Kind::Lane(lane) = &self.kind {
+            for seq in 0..2 {
+                let _ = lane.truncate(seq, 0);
+            }
+            return;
+        }
         // SAFETY: valid context and memory handle.
         unsafe { sys::llama_memory_clear(self.memory(), true) }
         self.has_logits = false;
@@ -372,8 +468,13 @@ impl<'m> Context<'m> {
 
     /// Forgets the tokens of sequence `seq` at positions `pos..` (all of them for 0).
     pub fn truncate(&mut self, seq: i32, pos: usize) -> Result<()> {
-        // SAFETY: valid context; removes a position range of one sequence from its memory.
-        let ok = unsafe { sys::llama_memory_seq_rm(self.memory(), seq, pos as i32, -1) };
+        let ok = match &self.kind {
+            Kind::Lane(lane) => lane.truncate(seq, pos)?,
+            // SAFETY: valid context; removes a position range of one sequence from its memory.
+            Kind::Own { .. } => unsafe {
+                sys::llama_memory_seq_rm(self.memory(), seq, pos as i32, -1)
+            },
+        };
         if !ok {
             return Err(failure("rolling the cache back", None));
         }
@@ -388,6 +489,27 @@ impl<'m> Context<'m> {
     pub fn set_control_vector(&mut self, cvec: Option<(&[f32], usize, usize)>) -> Result<()> {
         let n_embd = self.model.n_embd();
         if cvec.is_none() && !self.cvec_set {
+            return Ok(());
+        }
+        let want = (self.model.n_layer() - 1) * n_embd;
+        if let Kind::Lane(lane) = &self.kind {
+            let cvec = match cvec {
+                Some((data, _, _)) if data.len() != want => {
+                    return Err(Error::Invalid(format!(
+                        "control vector has {} floats, expected {want}",
+                        data.len()
+                    )))
+                }
+                Some((data, first, last)) => Some(Cvec {
+                    rows: data.to_vec(),
+                    n_embd,
+                    first,
+                    last,
+                }),
+                None => None,
+            };
+            self.cvec_set = cvec.is_some();
+            lane.set_cvec(cvec);
             return Ok(());
         }
         let rc = match cvec {
@@ -405,7 +527,6 @@ impl<'m> Context<'m> {
                 }
             }
             Some((data, first, last)) => {
-                let want = (self.model.n_layer() - 1) * n_embd;
                 if data.len() != want {
                     return Err(Error::Invalid(format!(
                         "control vector has {} floats, expected {want}",
@@ -456,7 +577,10 @@ impl Context<'_> {
 
 impl Drop for Context<'_> {
     fn drop(&mut self) {
-        // SAFETY: created by llama_init_from_model, freed once, before the hook box is dropped.
-        unsafe { sys::llama_free(self.ptr.as_ptr()) }
+        if let Kind::Own { .. } = self.kind {
+            // SAFETY: our own context, created by llama_init_from_model, freed once, before
+            // the hook box is dropped.
+            unsafe { sys::llama_free(self.ptr.as_ptr()) }
+        }
     }
 }

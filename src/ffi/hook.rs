@@ -25,6 +25,21 @@ pub type SharedHook = Arc<Mutex<dyn GraphHook>>;
 pub struct HookTensor<'a> {
     t: &'a sys::ggml_tensor,
     ptr: *mut sys::ggml_tensor,
+    /// The rows this view shows: in a decode shared by several sequences, a hook sees only the
+    /// rows of its own sequence.
+    row0: usize,
+    rows: usize,
+}
+
+impl<'a> HookTensor<'a> {
+    fn whole(t: &'a sys::ggml_tensor, ptr: *mut sys::ggml_tensor) -> Self {
+        Self {
+            t,
+            ptr,
+            row0: 0,
+            rows: t.ne[1] as usize,
+        }
+    }
 }
 
 impl HookTensor<'_> {
@@ -35,7 +50,22 @@ impl HookTensor<'_> {
 
     /// Number of rows (tokens).
     pub fn n_rows(&self) -> usize {
-        self.t.ne[1] as usize
+        self.rows
+    }
+
+    /// The rows `range` of this view as a view of their own.
+    pub(super) fn window(&mut self, range: std::ops::Range<usize>) -> HookTensor<'_> {
+        assert!(
+            range.end <= self.rows,
+            "rows {range:?} out of {}",
+            self.rows
+        );
+        HookTensor {
+            t: self.t,
+            ptr: self.ptr,
+            row0: self.row0 + range.start,
+            rows: range.len(),
+        }
     }
 
     /// Copies row `i` into a new vector.
@@ -48,7 +78,7 @@ impl HookTensor<'_> {
             sys::ggml_backend_tensor_get(
                 self.ptr,
                 out.as_mut_ptr().cast(),
-                i * self.t.nb[1],
+                (self.row0 + i) * self.t.nb[1],
                 out.len() * 4,
             )
         };
@@ -67,7 +97,7 @@ impl HookTensor<'_> {
             sys::ggml_backend_tensor_set(
                 self.ptr,
                 row.as_ptr().cast(),
-                i * self.t.nb[1],
+                (self.row0 + i) * self.t.nb[1],
                 row.len() * 4,
             )
         };
@@ -107,7 +137,7 @@ pub(super) unsafe extern "C" fn trampoline(
         if ask {
             return is_row_tensor(tensor) && hook.wants(name);
         }
-        let mut view = HookTensor { t: tensor, ptr: t };
+        let mut view = HookTensor::whole(tensor, t);
         hook.observe(name, &mut view);
         true
     }));

@@ -6,6 +6,7 @@
 //! llama.cpp log capture used to turn llama.cpp's own messages into clear errors.
 
 mod backend;
+mod batch;
 mod compute;
 mod context;
 mod hook;
@@ -19,6 +20,7 @@ pub use backend::{
     add_rpc_servers, backends, devices, install_abort_message, serve_rpc, DeviceInfo, DeviceKind,
     RpcEndpoint,
 };
+pub use batch::{BatchStats, Batched, Busy};
 pub use compute::ComputeGate;
 pub use context::{Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};

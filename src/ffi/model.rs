@@ -211,6 +211,11 @@ impl Model {
     /// The bytes of one token (may be part of a UTF-8 character); `special` renders special
     /// tokens as their text.
     pub fn token_bytes(&self, token: i32, special: bool) -> Vec<u8> {
+        // llama.cpp throws (std::out_of_range) for an id outside the vocabulary, and a C++
+        // exception must not cross into Rust: such an id has no bytes.
+        if token < 0 || token as usize >= self.n_vocab() {
+            return Vec::new();
+        }
         let mut buf = vec![0u8; 64];
         loop {
             // SAFETY: buf is writable for its length; the vocab is valid.

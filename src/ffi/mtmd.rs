@@ -30,11 +30,17 @@ pub struct MtmdParams {
 /// A loaded mmproj bound to its text model.
 pub struct Mtmd {
     ptr: NonNull<sys::mtmd_context>,
+    /// Held by the calls that use the context's own buffers (tokenizing, encoding); decoding
+    /// embeddings only reads the context's settings and takes no lock, so that sessions on
+    /// lanes of one batched context never wait for each other's image.
+    busy: std::sync::Mutex<()>,
 }
 
-// SAFETY: an mtmd context has no thread affinity. It is not `Sync`: encoding (`eval_image`)
-// is not thread-safe, and without `Sync` no two threads can call it at once.
+// SAFETY: an mtmd context has no thread affinity.
 unsafe impl Send for Mtmd {}
+// SAFETY: the calls that write the context (tokenize, encode) hold `busy`; the others only
+// read settings fixed at load time.
+unsafe impl Sync for Mtmd {}
 
 impl Mtmd {
     /// Loads `path` as the projector for `model`.
@@ -61,7 +67,10 @@ impl Mtmd {
         // because both are owned by the engine, which drops the mtmd context first.
         let ptr = unsafe { sys::mtmd_init_from_file(c.as_ptr(), model.as_ptr(), p) };
         match NonNull::new(ptr) {
-            Some(ptr) => Ok(Self { ptr }),
+            Some(ptr) => Ok(Self {
+                ptr,
+                busy: std::sync::Mutex::new(()),
+            }),
             None => Err(Error::ProjectorFile {
                 path: path.to_path_buf(),
                 cause: format!(
@@ -89,6 +98,7 @@ impl Mtmd {
     /// Splits `prompt` (one marker per bitmap) into text and image chunks; `add_special`
     /// adds the model's BOS token (for the start of a conversation).
     pub fn tokenize(&self, prompt: &str, bitmaps: &[Bitmap], add_special: bool) -> Result<Chunks> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let markers = prompt.matches(Self::marker().as_str()).count();
         if markers != bitmaps.len() {
             return Err(Error::Invalid(format!(
@@ -138,6 +148,7 @@ impl Mtmd {
     /// Runs the projector on image chunk `index`: its embeddings, `n_tokens` rows of the text
     /// model's input width.
     pub fn encode(&self, ctx: &mut Context<'_>, chunks: &Chunks, index: usize) -> Result<Vec<f32>> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let chunk = SendPtr(chunks.raw(index)?.cast_mut());
         let mtmd = SendPtr(self.ptr.as_ptr());
         let model = SendPtr(ctx.model().as_ptr());
@@ -187,18 +198,18 @@ impl Mtmd {
         }
         let n_batch = ctx.n_batch() as i32;
         let mtmd = SendPtr(self.ptr.as_ptr());
-        let lctx = SendPtr(ctx.as_ptr());
         let data = SendPtr(embd.as_ptr().cast_mut());
-        let (rc, new_past) = ctx.gate().run(move || {
-            let (mtmd, lctx, chunk, data) = (mtmd, lctx, chunk, data);
+        let (rc, new_past) = ctx.exclusive(seq, move |lctx, seq| {
+            let (mtmd, chunk, data) = (mtmd, chunk, data);
             let mut new_past: sys::llama_pos = 0;
-            // SAFETY: all pointers are valid while their owners wait for this job; `data`
-            // holds the chunk's n_tokens * n_embd_inp floats (checked above), which the helper
-            // only reads; no post-decode callback.
+            // SAFETY: all pointers are valid while their owners wait for this job (the
+            // context runs it on the compute thread); `data` holds the chunk's n_tokens *
+            // n_embd_inp floats (checked above), which the helper only reads; no post-decode
+            // callback.
             let rc = unsafe {
                 sys::mtmd_helper_decode_image_chunk(
                     mtmd.0,
-                    lctx.0,
+                    lctx,
                     chunk.0,
                     data.0,
                     n_past as i32,
@@ -259,6 +270,7 @@ impl Bitmap {
     /// GIF, ...), so that the projector sees the very pixels llama-mtmd-cli gives it; `None`
     /// when stb_image cannot read them (e.g. WebP).
     pub fn decode(mtmd: &Mtmd, bytes: &[u8]) -> Option<Self> {
+        let _busy = mtmd.busy.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: plain constructor of an option struct.
         let opt = unsafe { sys::mtmd_helper_init_opt_default() };
         // SAFETY: valid mtmd context (it answers the audio check); `bytes` is readable for its

@@ -151,6 +151,13 @@ pub struct ChatRequest {
     /// `text`, `json_object` or `json_schema`.
     #[serde(default)]
     pub response_format: Option<Value>,
+    /// A GBNF grammar the answer must follow (llama-server's extension).
+    #[serde(default)]
+    pub grammar: Option<String>,
+    /// A JSON schema the answer must follow (llama-server's extension; OpenAI's way is
+    /// `response_format`).
+    #[serde(default)]
+    pub json_schema: Option<Value>,
     /// Never stop at end-of-generation tokens (llama.cpp extension).
     #[serde(default)]
     pub ignore_eos: bool,
@@ -189,7 +196,7 @@ impl ChatRequest {
                 )));
             }
             return Err(ApiError::invalid(format!(
-                "Unrecognized request argument supplied: {k} (cmrm serve takes OpenAI's chat-completions fields, llama.cpp's top_k, min_p, repeat_penalty and ignore_eos, and the cmrm object; remove it or check its spelling)"
+                "Unrecognized request argument supplied: {k} (cmrm serve takes OpenAI's chat-completions fields, llama.cpp's top_k, min_p, repeat_penalty, ignore_eos, grammar and json_schema, and the cmrm object; remove it or check its spelling)"
             )));
         }
         for (i, m) in self.messages.iter().enumerate() {

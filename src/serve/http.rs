@@ -23,11 +23,14 @@ use super::metrics::Metrics;
 use super::parse::{parse, Limits, Piece};
 use super::request::prepare;
 use super::slots::{conversation_keys, Canceller, Event, Outcome, Pool};
+use super::{props, tokens};
 use crate::sampling::SamplingParams;
 use crate::session::{SteerOverride, StopReason};
 
 /// What the handlers share.
 pub struct Shared {
+    /// The model (for `/tokenize`, `/detokenize` and `/props`).
+    pub engine: &'static crate::engine::Engine,
     /// The slots.
     pub pool: Pool,
     /// Counters.
@@ -56,7 +59,7 @@ pub struct Shared {
     pub addr: SocketAddr,
 }
 
-type App = Arc<Shared>;
+pub(super) type App = Arc<Shared>;
 
 /// Pieces of an answer waiting for a slow client; when they are all waiting for --timeout,
 /// the slot stops the answer.
@@ -71,6 +74,9 @@ pub fn router(shared: App) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
+        .route("/props", get(props::props))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .fallback(not_found)
@@ -255,7 +261,8 @@ async fn metrics(State(app): State<App>) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(app.pool.waiting()),
+        app.metrics
+            .render(app.pool.waiting(), app.pool.batch_stats()),
     )
         .into_response()
 }
@@ -294,35 +301,36 @@ async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Respons
     }
 }
 
-async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
-    // A place first: a request the server will refuse costs no reading, parsing or image
-    // decoding, and the memory requests hold is bounded by the places.
-    let place = app.pool.admit()?;
-    let bytes: Bytes = match tokio::time::timeout(
+/// A request's body, read within --timeout and at most --max-request-bytes long (408, 413).
+pub(super) async fn read_body(app: &Shared, body: Body) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(
         app.timeout,
         axum::body::to_bytes(body, app.max_request_bytes),
     )
     .await
     {
-        Err(_) => {
-            return Err(ApiError::new(
-                408,
-                "invalid_request_error",
-                "the request body did not arrive in time (--timeout)",
-            ))
-        }
-        Ok(Err(_)) => {
-            return Err(ApiError::new(
-                413,
-                "invalid_request_error",
-                format!(
-                    "the request is larger than {} bytes (--max-request-bytes)",
-                    app.max_request_bytes
-                ),
-            ))
-        }
-        Ok(Ok(b)) => b,
-    };
+        Err(_) => Err(ApiError::new(
+            408,
+            "invalid_request_error",
+            "the request body did not arrive in time (--timeout)",
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            413,
+            "invalid_request_error",
+            format!(
+                "the request is larger than {} bytes (--max-request-bytes)",
+                app.max_request_bytes
+            ),
+        )),
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
+    // A place first: a request the server will refuse costs no reading, parsing or image
+    // decoding, and the memory requests hold is bounded by the places.
+    let place = app.pool.admit()?;
+    let bytes = read_body(app, body).await?;
     let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
     drop(bytes);
     let has_image = parsed

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::ffi::BatchStats;
 use crate::session::Generation;
 
 /// The server's counters.
@@ -63,8 +64,9 @@ impl Metrics {
         add(steered, 1);
     }
 
-    /// The Prometheus text exposition, with the queue's current depth.
-    pub fn render(&self, waiting: usize) -> String {
+    /// The Prometheus text exposition, with the queue's current depth and what the batched
+    /// decoding has done.
+    pub fn render(&self, waiting: usize, batch: Option<BatchStats>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let secs = |c: &AtomicU64| get(c) as f64 / 1e6;
         let mut out = String::new();
@@ -157,6 +159,53 @@ impl Metrics {
             "Images evaluated.",
             get(&self.images).to_string(),
         );
+        if let Some(b) = batch {
+            let mean = if b.steps > 0 {
+                b.sequences as f64 / b.steps as f64
+            } else {
+                0.0
+            };
+            for (name, kind, help, value) in [
+                (
+                    "cmrm:batch_steps_total",
+                    "counter",
+                    "Batched decode steps.",
+                    b.steps.to_string(),
+                ),
+                (
+                    "cmrm:batch_tokens_total",
+                    "counter",
+                    "Tokens decoded in batched steps.",
+                    b.tokens.to_string(),
+                ),
+                (
+                    "cmrm:batch_sequences_mean",
+                    "gauge",
+                    "Mean sequences per batched step.",
+                    format!("{mean:.3}"),
+                ),
+                (
+                    "cmrm:batch_sequences_last",
+                    "gauge",
+                    "Sequences in the latest batched step.",
+                    b.last_batch.to_string(),
+                ),
+                (
+                    "cmrm:batch_sequences_max",
+                    "gauge",
+                    "Most sequences one batched step carried.",
+                    b.max_batch.to_string(),
+                ),
+                (
+                    "cmrm:batch_pending",
+                    "gauge",
+                    "Decodes waiting for or in a batched step (sequences in flight).",
+                    b.pending.to_string(),
+                ),
+            ] {
+                metric(name, kind, help, value);
+            }
+        }
         out.push_str("# HELP cmrm:steered_requests_total Answers by the CMRM applied.\n# TYPE cmrm:steered_requests_total counter\n");
         out.push_str(&format!(
             "cmrm:steered_requests_total{{source=\"dataset\"}} {}\ncmrm:steered_requests_total{{source=\"sample\"}} {}\ncmrm:steered_requests_total{{source=\"none\"}} {}\n",

@@ -13,15 +13,21 @@ mod http;
 #[cfg(feature = "serve")]
 mod metrics;
 #[cfg(feature = "serve")]
+mod props;
+#[cfg(feature = "serve")]
 mod request;
 #[cfg(feature = "serve")]
 mod server;
 #[cfg(feature = "serve")]
 mod slots;
+#[cfg(feature = "serve")]
+mod tokens;
 
 pub use api::{ApiError, ChatRequest, CmrmRequest};
 #[cfg(feature = "serve")]
 pub use front::{run_front, FrontOptions, WORKER_ENV};
-pub use parse::{parse, Limits, Parsed, ParsedMessage, Piece, Speaker, MAX_STOP, MAX_STOP_BYTES};
+pub use parse::{
+    parse, Constraint, Limits, Parsed, ParsedMessage, Piece, Speaker, MAX_STOP, MAX_STOP_BYTES,
+};
 #[cfg(feature = "serve")]
 pub use server::{run, ServeOptions};

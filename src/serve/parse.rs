@@ -73,8 +73,9 @@ pub struct Parsed {
     pub messages: Vec<ParsedMessage>,
     /// Sampling settings: the server's, with the request's over them (no grammar yet).
     pub sampling: SamplingParams,
-    /// The JSON schema the answer must follow (`response_format`), when one is asked for.
-    pub schema: Option<Value>,
+    /// What the answer must follow (`response_format`, `json_schema` or `grammar`), when
+    /// one is asked for.
+    pub constraint: Option<Constraint>,
     /// CMRM settings: the server's, with the request's `cmrm` object over them.
     pub steering: SteerOverride,
     /// Tokens generated at most.
@@ -113,6 +114,7 @@ pub fn check(
     limits: &Limits,
 ) -> Result<Parsed, ApiError> {
     req.check_fields()?;
+    let constraint = constraint(&req)?;
     if let Some(n) = req.n.filter(|&n| n != 1) {
         return Err(ApiError::invalid(format!(
             "n = {n}: cmrm serve answers with one choice only; send n = 1 or leave it out"
@@ -238,7 +240,6 @@ pub fn check(
     }
     p.grammar = None;
     p.check().map_err(ApiError::invalid)?;
-    let schema = response_schema(req.response_format.as_ref())?;
     let stop = match req.stop {
         None => Vec::new(),
         Some(StopField::One(s)) => vec![s],
@@ -263,7 +264,7 @@ pub fn check(
     Ok(Parsed {
         messages,
         sampling: p,
-        schema,
+        constraint,
         steering,
         max_tokens,
         ignore_eos: req.ignore_eos,
@@ -272,6 +273,50 @@ pub fn check(
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         model: req.model,
     })
+}
+
+/// A constraint on the answer's text.
+#[derive(Debug, PartialEq)]
+pub enum Constraint {
+    /// A JSON schema (`response_format` or llama-server's `json_schema`).
+    Schema(Value),
+    /// A GBNF grammar (llama-server's `grammar`).
+    Grammar(String),
+}
+
+/// The one constraint a request asks for: `response_format`, `json_schema` or `grammar`; more
+/// than one is a 400 (which would win is not obvious).
+fn constraint(req: &ChatRequest) -> Result<Option<Constraint>, ApiError> {
+    let format = response_schema(req.response_format.as_ref())?;
+    let schema = match &req.json_schema {
+        None | Some(Value::Null) => None,
+        Some(s @ Value::Object(_)) => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "json_schema must be a JSON schema object",
+            ))
+        }
+    };
+    let grammar = req.grammar.clone().filter(|g| !g.trim().is_empty());
+    let given: Vec<&str> = [
+        ("response_format", format.is_some()),
+        ("json_schema", schema.is_some()),
+        ("grammar", grammar.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| *name)
+    .collect();
+    if given.len() > 1 {
+        return Err(ApiError::invalid(format!(
+            "{} each constrain the answer: send one of them",
+            given.join(" and ")
+        )));
+    }
+    Ok(format
+        .or(schema)
+        .map(Constraint::Schema)
+        .or(grammar.map(Constraint::Grammar)))
 }
 
 /// The JSON schema a `response_format` asks for.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::api::ApiError;
-use super::parse::{Limits, Parsed, Piece, Speaker};
+use super::parse::{Constraint, Limits, Parsed, Piece, Speaker};
 use crate::media::{self, Image};
 use crate::sampling::Sampling;
 use crate::session::{GenerateOptions, Message, Role, Turn};
@@ -78,13 +78,14 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
         steering: Some(parsed.steering),
     };
     let mut sampling = parsed.sampling;
-    sampling.grammar = parsed
-        .schema
-        .map(|schema| {
+    sampling.grammar = match parsed.constraint {
+        None => None,
+        Some(Constraint::Grammar(g)) => Some(g),
+        Some(Constraint::Schema(schema)) => Some(
             crate::ffi::json_schema_to_grammar(&schema.to_string())
-                .map_err(|e| ApiError::invalid(format!("response_format: {e}")))
-        })
-        .transpose()?;
+                .map_err(|e| ApiError::invalid(format!("the JSON schema: {e}")))?,
+        ),
+    };
     Ok(Prepared {
         history: messages,
         turn,

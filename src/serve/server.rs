@@ -80,6 +80,7 @@ pub fn run(options: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> 
             .local_addr()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let shared = Arc::new(http::Shared {
+            engine: options.engine,
             pool,
             metrics,
             sampling: options.sampling,

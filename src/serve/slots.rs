@@ -1,7 +1,9 @@
 //! Slots: `--parallel N` sessions on one engine, each on its own thread, taking one request at
 //! a time. A request waits in a bounded queue for a free slot, preferring the slot whose cache
-//! holds the longest prefix of its conversation; the engine's compute gate lets one slot
-//! decode at a time, so N slots share the cores in turn instead of oversubscribing them.
+//! holds the longest prefix of its conversation. With more than one slot, the sessions are
+//! lanes of one batched context ([`crate::ffi::Batched`]): every step decodes the next token of
+//! each answering slot, and the prompts being read, in one llama.cpp decode, each slot steered
+//! by its own request's CMRM settings.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +17,7 @@ use super::api::{ApiError, CachedTokens, Usage};
 use super::metrics::Metrics;
 use super::request::Prepared;
 use crate::engine::Engine;
+use crate::ffi::{BatchStats, Batched};
 use crate::session::{Applied, Message, Session, SessionOptions, StopReason};
 use crate::steer::CmrmSteering;
 
@@ -159,6 +162,8 @@ pub struct Pool {
     /// Places in all: the slots and the queue.
     places: usize,
     state: Arc<PoolState>,
+    /// The context the slots share as lanes (with more than one slot).
+    batched: Option<Batched<'static>>,
 }
 
 impl Pool {
@@ -174,14 +179,20 @@ impl Pool {
         let n = steerings.len();
         let flags: Vec<Arc<AtomicBool>> =
             (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let batched = if n > 1 {
+            Some(engine.batched(n, false)?)
+        } else {
+            None
+        };
         let sessions = steerings
             .into_iter()
             .zip(&flags)
             .map(|(s, f)| {
-                Session::new(
-                    engine,
-                    SessionOptions::new().steering(s).abort_flag(f.clone()),
-                )
+                let mut options = SessionOptions::new().steering(s).abort_flag(f.clone());
+                if let Some(b) = &batched {
+                    options = options.batched(b.clone());
+                }
+                Session::new(engine, options)
             })
             .collect::<crate::Result<Vec<_>>>()?;
         let state = Arc::new(PoolState {
@@ -223,7 +234,13 @@ impl Pool {
             free: Arc::new(Semaphore::new(n)),
             places: n + queue,
             state,
+            batched,
         })
+    }
+
+    /// What the batched decoding has done (none with a single slot).
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batched.as_ref().map(Batched::stats)
     }
 
     /// Requests waiting for a slot.

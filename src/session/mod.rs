@@ -26,7 +26,7 @@ pub use crate::template::{Message, Role};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ffi::{Context, SharedHook};
+use crate::ffi::{Batched, Busy, Context, SharedHook};
 use crate::media::Image;
 use prompt::{reusable, Cached, Key, Piece, Prompt};
 
@@ -43,6 +43,7 @@ pub struct SessionOptions<'e> {
     embeddings: bool,
     abort: Option<Arc<AtomicBool>>,
     n_ctx: Option<u32>,
+    batched: Option<Batched<'e>>,
 }
 
 impl<'e> SessionOptions<'e> {
@@ -82,6 +83,13 @@ impl<'e> SessionOptions<'e> {
         self
     }
 
+    /// Runs on a lane of `batched` (decoded together with the other lanes' sessions) instead
+    /// of a context of its own; the context size and embeddings are the batched context's.
+    pub fn batched(mut self, batched: Batched<'e>) -> Self {
+        self.batched = Some(batched);
+        self
+    }
+
     /// Also compute final-norm embeddings.
     pub fn embeddings(mut self, on: bool) -> Self {
         self.embeddings = on;
@@ -111,13 +119,18 @@ impl<'e> Session<'e> {
             .collect();
         hooks.extend(options.observer);
         let hook = chain(hooks);
-        let n_seq = if options.steering.is_some() { 2 } else { 1 };
-        let mut params = engine.context_params(n_seq, options.embeddings);
-        params.abort = options.abort;
-        if let Some(n) = options.n_ctx {
-            params.n_ctx = n;
-        }
-        let ctx = Context::new(engine.model(), &params, hook)?;
+        let ctx = match options.batched {
+            Some(b) => b.lane(hook, options.abort)?,
+            None => {
+                let n_seq = if options.steering.is_some() { 2 } else { 1 };
+                let mut params = engine.context_params(n_seq, options.embeddings);
+                params.abort = options.abort;
+                if let Some(n) = options.n_ctx {
+                    params.n_ctx = n;
+                }
+                Context::new(engine.model(), &params, hook)?
+            }
+        };
         Ok(Self {
             engine,
             ctx,
@@ -176,6 +189,8 @@ impl<'e> Session<'e> {
     /// without generating, it leaves the conversation as it was.
     pub fn prefill(&mut self, turn: &Turn) -> Result<Prefilled<'_, 'e>> {
         let start = Instant::now();
+        // On a batched context, steps wait for this session's decodes until the turn is over.
+        let busy = self.ctx.busy();
         let user = Message {
             role: Role::User,
             text: turn.text.clone(),
@@ -251,6 +266,7 @@ impl<'e> Session<'e> {
         };
         Ok(Prefilled {
             prompt_end: self.cached.len(),
+            _busy: busy,
             session: self,
             hooks,
             added,
@@ -356,6 +372,8 @@ impl<'e> Session<'e> {
 /// recorded.
 pub struct Prefilled<'s, 'e> {
     session: &'s mut Session<'e>,
+    /// The turn under way on a batched context.
+    _busy: Busy,
     hooks: Box<dyn TurnHooks>,
     /// The messages this turn adds to the conversation (a first system message, the user's).
     added: Vec<Message>,

@@ -77,7 +77,7 @@ impl Prompt {
         let mut bitmaps = Vec::with_capacity(images.len());
         for im in images {
             let px = im.pixels();
-            let decoded = im.encoded().and_then(|bytes| Bitmap::decode(&mtmd, bytes));
+            let decoded = im.encoded().and_then(|bytes| Bitmap::decode(mtmd, bytes));
             let mut b = match decoded {
                 Some(b) => b,
                 None => Bitmap::from_rgb(px.width(), px.height(), px.as_raw())?,

@@ -76,12 +76,19 @@ pub fn engine() -> MutexGuard<'static, Engine> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// The `cmrm` binary cargo built for this test run. Absent in a library-only build
+/// (`--no-default-features`, as scripts/test-vulkan.sh builds tests/backends.rs), where only
+/// the tests that run the binary fail, with this message.
+pub fn bin() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_cmrm") {
+        Some(path) => path,
+        None => panic!("this test runs the cmrm binary: build with the default features (cli)"),
+    }
+}
+
 /// Runs the cmrm binary with `args`.
 pub fn cmrm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cmrm"))
-        .args(args)
-        .output()
-        .expect("run cmrm")
+    Command::new(bin()).args(args).output().expect("run cmrm")
 }
 
 /// Path as &str.
@@ -154,7 +161,7 @@ pub const EPOCH: &str = "1764000000";
 
 /// Runs the cmrm binary with `args` (at [`EPOCH`]), asserts success and returns its stdout.
 pub fn run_ok(args: &[String]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_cmrm"))
+    let o = Command::new(bin())
         .args(args)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .output()

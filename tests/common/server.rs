@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::common::{mmproj, model, s};
+use super::common::{bin, mmproj, model, s};
 
 /// A server process, stopped with SIGTERM when dropped.
 pub struct Server {
@@ -30,8 +30,7 @@ impl Server {
     /// Starts `cmrm serve` with `extra` flags and `env` variables. The binary is the one cargo
     /// built, or `$CMRM_TEST_BIN` (to run a test against another build, e.g. an older one).
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let bin =
-            std::env::var_os("CMRM_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cmrm").into());
+        let bin = std::env::var_os("CMRM_TEST_BIN").unwrap_or_else(|| bin().into());
         let mut child = Command::new(bin)
             .args([
                 "serve",

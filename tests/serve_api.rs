@@ -1,0 +1,162 @@
+//! llama-server's extensions that clients of a llama.cpp server rely on, on a real `cmrm serve`
+//! over loopback: `/tokenize` and `/detokenize` round trips, `/props`, and the top-level
+//! `grammar` and `json_schema` fields constraining the answer.
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use serde_json::{json, Value};
+use server::*;
+
+fn body(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// The answer's text of a chat-completions reply.
+fn content(reply: &Value) -> &str {
+    reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content in {reply}"))
+}
+
+#[test]
+fn tokenize_detokenize_and_props_answer_as_llama_server() {
+    let server = Server::start(&["-c", "512", "--max-tokens", "16"]);
+    let text = "Hello world, naïve café!";
+    let (st, b) = post(
+        &server.url("/tokenize"),
+        None,
+        &body(json!({"content": text})),
+    );
+    assert_eq!(st, 200, "{b}");
+    let ids: Vec<i64> = b["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    assert!(ids.len() >= 5, "{b}");
+    let (st, d) = post(
+        &server.url("/detokenize"),
+        None,
+        &body(json!({"tokens": ids})),
+    );
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(d["content"], text, "detokenize does not give the text back");
+    // With pieces: the pieces, joined, are the text, and their ids are the plain answer's.
+    let (st, p) = post(
+        &server.url("/tokenize"),
+        None,
+        &body(json!({"content": text, "with_pieces": true})),
+    );
+    assert_eq!(st, 200, "{p}");
+    let pieces = p["tokens"].as_array().unwrap();
+    let mut bytes = Vec::new();
+    for (piece, id) in pieces.iter().zip(&ids) {
+        assert_eq!(piece["id"].as_i64(), Some(*id), "{piece}");
+        match &piece["piece"] {
+            Value::String(s) => bytes.extend(s.as_bytes()),
+            Value::Array(a) => bytes.extend(a.iter().map(|b| b.as_u64().unwrap() as u8)),
+            other => panic!("a piece is {other}"),
+        }
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+    // Special-token text is one token unless the client says otherwise.
+    let special = |parse: bool| {
+        let (st, b) = post(
+            &server.url("/tokenize"),
+            None,
+            &body(json!({"content": "<|im_start|>", "parse_special": parse})),
+        );
+        assert_eq!(st, 200, "{b}");
+        b["tokens"].as_array().unwrap().len()
+    };
+    assert_eq!(special(true), 1);
+    assert!(special(false) > 1);
+    // Bad input: named, 400, and the server goes on.
+    let (st, b) = post(
+        &server.url("/detokenize"),
+        None,
+        &body(json!({"tokens": [1, -5]})),
+    );
+    assert_error(st, &b, 400, "tokens[1] = -5");
+    let (st, b) = post(
+        &server.url("/detokenize"),
+        None,
+        &body(json!({"tokens": [4_000_000_000_i64]})),
+    );
+    assert_error(st, &b, 400, "tokens[0]");
+    let (st, b) = post(
+        &server.url("/tokenize"),
+        None,
+        &body(json!({"content": "x", "add_bos": true})),
+    );
+    assert_error(st, &b, 400, "add_bos");
+    // /props: the settings a request starts from.
+    let (st, props) = get(&server.url("/props"), None);
+    assert_eq!(st, 200, "{props}");
+    let props: Value = serde_json::from_str(&props).unwrap();
+    assert_eq!(
+        props["default_generation_settings"]["n_ctx"], 512,
+        "{props}"
+    );
+    assert_eq!(
+        props["default_generation_settings"]["params"]["n_predict"], 16,
+        "{props}"
+    );
+    assert_eq!(props["total_slots"], 1, "{props}");
+    assert_eq!(props["modalities"]["vision"], true, "{props}");
+    assert!(
+        props["chat_template"]
+            .as_str()
+            .is_some_and(|t| t.contains("im_start")),
+        "{props}"
+    );
+}
+
+#[test]
+fn grammar_and_json_schema_constrain_the_answer() {
+    let server = Server::start(&["-c", "512", "--max-tokens", "48"]);
+    let chat = server.url("/v1/chat/completions");
+    let ask = |extra: Value| {
+        let mut b = json!({
+            "messages": [{"role": "user", "content": "Is the sky blue? Answer briefly."}],
+            "temperature": 0,
+        });
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        post(&chat, None, &body(b))
+    };
+    let (st, free) = ask(json!({}));
+    assert_eq!(st, 200, "{free}");
+    // A grammar the free answer does not follow: the constrained answer does.
+    let (st, b) = ask(json!({"grammar": "root ::= (\"yes\" | \"no\") \"!\""}));
+    assert_eq!(st, 200, "{b}");
+    assert!(
+        ["yes!", "no!"].contains(&content(&b)),
+        "the grammar was not applied: {:?} (unconstrained: {:?})",
+        content(&b),
+        content(&free)
+    );
+    // A JSON schema: the answer is JSON of that shape.
+    let schema = json!({"type": "object", "properties": {"blue": {"type": "boolean"}},
+        "required": ["blue"], "additionalProperties": false});
+    let (st, b) = ask(json!({"json_schema": schema, "max_tokens": 48}));
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(content(&b))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", content(&b)));
+    assert!(v["blue"].is_boolean(), "{v}");
+    // Two constraints at once, a grammar that does not parse, a schema that is not an object:
+    // 400s that say so.
+    let (st, b) = ask(json!({"grammar": "root ::= \"a\"", "json_schema": schema}));
+    assert_error(st, &b, 400, "json_schema and grammar");
+    let (st, b) = ask(json!({"grammar": "root ::= (("}));
+    assert_error(st, &b, 400, "grammar does not parse");
+    let (st, b) = ask(json!({"json_schema": "boolean"}));
+    assert_error(st, &b, 400, "json_schema must be");
+    // The server still answers.
+    let (st, b) = ask(json!({}));
+    assert_eq!((st, content(&b)), (200, content(&free)));
+}
