@@ -129,6 +129,8 @@ pub struct Engine {
     gate: Arc<ComputeGate>,
     /// Image embeddings by content, shared by every session of the engine.
     embeddings: Mutex<EmbeddingCache>,
+    /// Held while an image is encoded for the cache.
+    encoding: Mutex<()>,
 }
 
 impl Engine {
@@ -162,6 +164,7 @@ impl Engine {
             model,
             template,
             embeddings: Mutex::new(EmbeddingCache::new(options.image_cache_bytes)),
+            encoding: Mutex::new(()),
             options,
             gate: Arc::new(ComputeGate::default()),
         })
@@ -185,6 +188,12 @@ impl Engine {
         encode: impl FnOnce() -> Result<Vec<f32>>,
     ) -> Result<Arc<Vec<f32>>> {
         let cache = || self.embeddings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cache().get(key) {
+            return Ok(e);
+        }
+        // One encode per image: sessions that ask for the same image at once (lanes of a
+        // batched context) wait for the first one's embeddings instead of encoding again.
+        let _one = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = cache().get(key) {
             return Ok(e);
         }

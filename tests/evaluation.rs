@@ -93,6 +93,77 @@ fn a_killed_safety_run_resumes_to_the_same_summary() {
     );
 }
 
+/// The records of a safety journal without their timings, sorted.
+fn answers(out: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join("safety.jsonl")).unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r.as_object_mut().unwrap().remove("ms");
+            r.to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_parallel_run_answers_every_item_once_the_same_way_each_time_and_resumes() {
+    let data = subset("harmful-eval.jsonl", 6, "parallel");
+    let args = |out: &Path| {
+        let mut a = safety_args(&data, out, "text,image");
+        a.extend(["--parallel".to_string(), "3".to_string()]);
+        a
+    };
+    let (one, two) = (tmp("parallel-a"), tmp("parallel-b"));
+    let summary = run_ok(&args(&one));
+    let records = answers(&one);
+    assert_eq!(records.len(), 12, "six items under two conditions");
+    let keys: std::collections::HashSet<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let r: serde_json::Value = serde_json::from_str(r).unwrap();
+            (r["id"].to_string(), r["condition"].to_string())
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        12,
+        "an item was answered twice under one condition"
+    );
+    // The runners move in lockstep: a second run answers word for word the same.
+    assert_eq!(run_ok(&args(&two)), summary);
+    assert_eq!(
+        answers(&two),
+        records,
+        "two parallel runs answered differently"
+    );
+    // A rerun on a finished journal adds nothing.
+    assert_eq!(run_ok(&args(&one)), summary);
+    assert_eq!(answers(&one), records);
+    // One at a time judges the same items (the answers may differ by rounding: batched
+    // attention sums in another order).
+    let single: serde_json::Value = serde_json::from_str(&run_ok(&safety_args(
+        &data,
+        &tmp("parallel-1"),
+        "text,image",
+    )))
+    .unwrap();
+    let parallel: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    for (a, b) in single
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(parallel.as_array().unwrap())
+    {
+        assert_eq!(a["condition"], b["condition"]);
+        let n =
+            |x: &serde_json::Value| x["n"].as_u64().unwrap() + x["unparseable"].as_u64().unwrap();
+        assert_eq!(n(a), n(b));
+    }
+}
+
 #[test]
 fn the_llm_judge_verdicts_are_parsed_strictly_and_counted() {
     let data = subset("harmful-eval.jsonl", 3, "judge");

@@ -58,6 +58,10 @@ struct GapSummary {
 
 fn gap(mut args: GapArgs) -> Result<()> {
     args.conditions.conditions.retain(|c| *c != Kind::Text);
+    anyhow::ensure!(
+        args.data.parallel == 1,
+        "cmrm analyze runs one item at a time: drop --parallel"
+    );
     let items = args.data.items()?;
     let plan = args
         .conditions

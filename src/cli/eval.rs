@@ -60,6 +60,10 @@ pub struct DataArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Items answered at once, as sessions on lanes of one batched context (llama.cpp's
+    /// `--parallel`); the results are those of 1 up to batched arithmetic's rounding.
+    #[arg(long = "parallel", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
 }
 
 impl DataArgs {
@@ -148,7 +152,13 @@ pub fn conditions<'e>(
     data: &DataArgs,
     n_predict: usize,
 ) -> Result<Conditions<'e>> {
-    let conds = Conditions::new(engine, plan, data.system.clone(), n_predict)?;
+    let conds = Conditions::new(
+        engine,
+        plan,
+        data.system.clone(),
+        n_predict,
+        data.parallel as usize,
+    )?;
     if let Some((path, fit)) = conds.fit() {
         if let Some(line) = fit.message(path) {
             eprintln!("{line}");

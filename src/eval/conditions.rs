@@ -2,6 +2,9 @@
 //! journal, answers judged for safety or scored for utility and fidelity.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -15,32 +18,63 @@ use super::utility::UtilityRecord;
 use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::ffi::Busy;
 use crate::progress::Progress;
 use crate::settings::SteerConfig;
 use crate::vectors::Fit;
 
-/// The conditions of a plan on one runner.
+/// How long a step of a parallel evaluation waits for a runner: far longer than a runner
+/// takes between two decodes (sampling, reading an image), so the runners move in lockstep.
+const LOCKSTEP: Duration = Duration::from_secs(30);
+
+/// The conditions of a plan on one runner, or on `parallel` runners whose sessions are lanes of
+/// one batched context (items are then answered `parallel` at a time).
 pub struct Conditions<'e> {
-    runner: Runner<'e>,
+    runners: Vec<Runner<'e>>,
     list: Vec<Named>,
     fit: Option<(PathBuf, Fit)>,
 }
 
 impl<'e> Conditions<'e> {
-    /// The conditions of `plan` on `engine`; `system` is every item's system message and
-    /// `n_predict` the answer length.
+    /// The conditions of `plan` on `engine`; `system` is every item's system message,
+    /// `n_predict` the answer length and `parallel` the items answered at once.
     pub fn new(
         engine: &'e Engine,
         plan: ConditionPlan,
         system: Option<String>,
         n_predict: usize,
+        parallel: usize,
     ) -> Result<Self> {
         let (steering, fit) = plan.steering(engine)?;
         let fit = fit
             .zip(plan.vector_file().map(Path::to_path_buf))
             .map(|(f, p)| (p, f));
+        let runners = if parallel <= 1 {
+            vec![Runner::new(engine, steering, system, n_predict)?]
+        } else {
+            let batched = engine.batched(parallel, false)?;
+            // Lockstep: every step waits for every runner in a turn (they only compute), so
+            // a run's answers do not depend on its threads' timing.
+            batched.set_gather(LOCKSTEP);
+            let mut runners = Vec::with_capacity(parallel);
+            let mut first = Some(steering);
+            for _ in 0..parallel {
+                let steering = match first.take() {
+                    Some(s) => s,
+                    None => plan.steering(engine)?.0,
+                };
+                runners.push(Runner::on(
+                    engine,
+                    steering,
+                    system.clone(),
+                    n_predict,
+                    Some(batched.clone()),
+                )?);
+            }
+            runners
+        };
         Ok(Self {
-            runner: Runner::new(engine, steering, system, n_predict)?,
+            runners,
             list: plan.list,
             fit,
         })
@@ -57,18 +91,13 @@ impl<'e> Conditions<'e> {
         self.list.iter().map(|n| n.name.clone()).collect()
     }
 
-    /// Runs `f` for each condition not yet `done`, with the runner.
+    /// Runs `f` for each condition not yet `done`, with the (first) runner.
     pub fn each(
         &mut self,
         done: &dyn Fn(&str) -> bool,
-        mut f: impl FnMut(&str, &mut Runner<'e>, &Condition) -> Result<()>,
+        f: impl FnMut(&str, &mut Runner<'e>, &Condition) -> Result<()>,
     ) -> Result<()> {
-        for n in &self.list {
-            if !done(&n.name) {
-                f(&n.name, &mut self.runner, &n.condition)?;
-            }
-        }
-        Ok(())
+        each(&self.list, &mut self.runners[0], done, f)
     }
 
     /// What a condition is, in words (for tables and figures).
@@ -87,34 +116,100 @@ impl<'e> Conditions<'e> {
             .and_then(|n| n.config.clone())
     }
 
-    /// The runner.
+    /// The (first) runner.
     pub fn runner(&mut self) -> &mut Runner<'e> {
-        &mut self.runner
+        &mut self.runners[0]
     }
 }
 
+/// Runs `f` for each condition of `list` not yet `done`, on `runner`.
+fn each<'e>(
+    list: &[Named],
+    runner: &mut Runner<'e>,
+    done: &dyn Fn(&str) -> bool,
+    mut f: impl FnMut(&str, &mut Runner<'e>, &Condition) -> Result<()>,
+) -> Result<()> {
+    for n in list {
+        if !done(&n.name) {
+            f(&n.name, runner, &n.condition)?;
+        }
+    }
+    Ok(())
+}
+
+/// What one item's run is given: the item, a runner, the conditions and which of them the
+/// journal already holds for the item.
+type ItemRun<'a, 'e, T> =
+    dyn Fn(&Item, &mut Runner<'e>, &[Named], &dyn Fn(&str) -> bool) -> Result<Vec<T>> + Sync + 'a;
+
 /// Runs every item under every condition not yet in `journal`: `run` gives the records of one
-/// item (it is told which conditions are done); they are appended once the item is finished.
-/// Returns the records of these items and conditions, earlier runs' included.
-fn journaled<'e, T: Keyed + Serialize + DeserializeOwned + Clone>(
+/// item; they are appended once the item is finished. With several runners, items are run
+/// that many at a time (their records are appended as they finish). Returns the records of
+/// these items and conditions, earlier runs' included.
+fn journaled<'e, T: Keyed + Serialize + DeserializeOwned + Clone + Send>(
     items: &[Item],
     conds: &mut Conditions<'e>,
     journal: &mut Journal<T>,
-    mut run: impl FnMut(&Item, &mut Conditions<'e>, &dyn Fn(&str) -> bool) -> Result<Vec<T>>,
+    run: &ItemRun<'_, 'e, T>,
 ) -> Result<Vec<T>> {
     let names = conds.names();
     let finished = |j: &Journal<T>, id: &str| names.iter().all(|c| j.is_done(id, c));
     let done = items.iter().filter(|i| finished(journal, &i.id)).count();
     let mut bar = Progress::new("items", items.len(), done);
-    for item in items {
-        if finished(journal, &item.id) {
-            continue;
+    // Per item still to run, the conditions the journal already holds.
+    let todo: Vec<(&Item, Vec<String>)> = items
+        .iter()
+        .filter(|i| !finished(journal, &i.id))
+        .map(|i| {
+            let held = names
+                .iter()
+                .filter(|c| journal.is_done(&i.id, c))
+                .cloned()
+                .collect();
+            (i, held)
+        })
+        .collect();
+    let list = &conds.list;
+    let lanes = conds.runners.len();
+    let failed = AtomicBool::new(false);
+    let mut first_error = None;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<Result<Vec<T>>>();
+        // Runner k takes items k, k + lanes, ...; every runner is waited for from before its
+        // first item to after its last, so the lanes move in lockstep: which item meets which
+        // in a step is fixed, and so are the answers.
+        let guards: Vec<Busy> = conds.runners.iter().map(Runner::busy).collect();
+        for ((k, runner), guard) in conds.runners.iter_mut().enumerate().zip(guards) {
+            let (tx, todo, failed) = (tx.clone(), &todo, &failed);
+            s.spawn(move || {
+                let _guard = guard;
+                for (item, held) in todo.iter().skip(k).step_by(lanes) {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let out = run(item, runner, list, &|c: &str| held.iter().any(|h| h == c));
+                    if out.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    if tx.send(out).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-        let records = run(item, conds, &|c: &str| journal.is_done(&item.id, c))?;
-        for r in records {
-            journal.push(r)?;
+        drop(tx);
+        for out in rx {
+            match out.and_then(|records| records.into_iter().try_for_each(|r| journal.push(r))) {
+                Ok(()) => bar.inc(),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        bar.inc();
+    });
+    if let Some(e) = first_error {
+        return Err(e);
     }
     let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
     Ok(journal.select(&ids, &names))
@@ -128,9 +223,9 @@ pub fn run_safety(
     journal: &mut Journal<SafetyRecord>,
     judge: Option<&LlmJudge>,
 ) -> Result<Vec<SafetyRecord>> {
-    journaled(items, conds, journal, |item, conds, done| {
+    journaled(items, conds, journal, &|item, runner, list, done| {
         let mut new = Vec::new();
-        conds.each(done, |name, runner, condition| {
+        each(list, runner, done, |name, runner, condition| {
             let out = runner.run(item, condition)?;
             let (verdict, judge_output) = match judge {
                 None => (refusal_verdict(&out.text), None),
@@ -162,9 +257,9 @@ pub fn run_utility(
     conds: &mut Conditions<'_>,
     journal: &mut Journal<UtilityRecord>,
 ) -> Result<Vec<UtilityRecord>> {
-    journaled(items, conds, journal, |item, conds, done| {
+    journaled(items, conds, journal, &|item, runner, list, done| {
         let mut new = Vec::new();
-        conds.each(done, |name, runner, condition| {
+        each(list, runner, done, |name, runner, condition| {
             let u = runner.utility(item, condition)?;
             new.push(UtilityRecord {
                 id: item.id.clone(),
@@ -190,10 +285,10 @@ pub fn run_fidelity(
     conds: &mut Conditions<'_>,
     journal: &mut Journal<FidelityRecord>,
 ) -> Result<Vec<FidelityRecord>> {
-    journaled(items, conds, journal, |item, conds, done| {
-        let text = conds.runner().run(item, &Condition::Text)?;
+    journaled(items, conds, journal, &|item, runner, list, done| {
+        let text = runner.run(item, &Condition::Text)?;
         let mut new = Vec::new();
-        conds.each(done, |name, runner, condition| {
+        each(list, runner, done, |name, runner, condition| {
             let out = runner.run(item, condition)?;
             new.push(FidelityRecord {
                 id: item.id.clone(),

@@ -8,6 +8,7 @@ use crate::capture::{lock, shared, LayerCapture};
 use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::ffi::{Batched, Busy};
 use crate::media::{self, Image};
 use crate::session::{GenerateOptions, Generation, Session, SessionOptions, SteerOverride, Turn};
 use crate::steer::CmrmSteering;
@@ -72,11 +73,25 @@ impl<'e> Runner<'e> {
         system: Option<String>,
         n_predict: usize,
     ) -> Result<Self> {
+        Self::on(engine, steering, system, n_predict, None)
+    }
+
+    /// A runner as [`Runner::new`], on a lane of `batched` when given.
+    pub fn on(
+        engine: &'e Engine,
+        steering: Option<CmrmSteering>,
+        system: Option<String>,
+        n_predict: usize,
+        batched: Option<Batched<'e>>,
+    ) -> Result<Self> {
         let capture = LayerCapture::all_layers(engine.model().n_layer());
         let steered = steering.is_some();
-        let options = SessionOptions::new()
+        let mut options = SessionOptions::new()
             .boxed_steering(steering.map(|s| Box::new(s) as _))
             .observer(shared(&capture));
+        if let Some(b) = batched {
+            options = options.batched(b);
+        }
         Ok(Self {
             engine,
             session: Session::new(engine, options)?,
@@ -85,6 +100,12 @@ impl<'e> Runner<'e> {
             system,
             n_predict,
         })
+    }
+
+    /// Keeps the steps of a batched context waiting for this runner until dropped (see
+    /// [`Session::busy`]).
+    pub fn busy(&self) -> Busy {
+        self.session.busy()
     }
 
     /// The engine.

@@ -107,7 +107,7 @@ impl<'m> Batched<'m> {
                 subs: Vec::new(),
                 jobs: Vec::new(),
                 stop: false,
-                busy: vec![false; lanes],
+                busy: vec![0; lanes],
                 paused: false,
                 gather: GATHER,
             }),
@@ -287,8 +287,9 @@ struct Queue {
     /// Jobs by lane, run between steps in lane order.
     jobs: Vec<(usize, Job)>,
     stop: bool,
-    /// Lanes in a turn: a step waits for their decodes.
-    busy: Vec<bool>,
+    /// Per lane, the turns (or longer spans) under way: a step waits for the decodes of the
+    /// lanes with any.
+    busy: Vec<usize>,
     /// No step starts while set.
     paused: bool,
     /// How long a step waits for the busy lanes.
@@ -501,6 +502,9 @@ impl Stepper {
             if active.is_empty() {
                 continue;
             }
+            // In lane order: a step's rows, and so the cells they take, do not depend on
+            // which thread came first.
+            active.sort_by_key(|s| s.lane);
             let takes = plan(&active, self.cap);
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step(&active, &takes)));
             let result = match outcome {
@@ -545,7 +549,7 @@ impl Stepper {
                 .busy
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| **b)
+                .filter(|(_, b)| **b > 0)
                 .all(|(l, _)| {
                     active.iter().any(|s| s.lane == l) || jobs.iter().any(|(j, _)| *j == l)
                 });
@@ -912,7 +916,8 @@ impl Lane {
     }
 }
 
-/// A lane's turn: while it is held, steps wait (within the gather window) for the lane's
+/// A lane's turn (or a longer span of work, e.g. a run of turns that must stay in lockstep with
+/// the other lanes): while one is held, steps wait (within the gather window) for the lane's
 /// decodes. Nothing for a context of its own.
 pub struct Busy(Option<(Arc<Shared>, usize)>);
 
@@ -925,7 +930,9 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         if let Some((shared, index)) = self.0.take() {
-            lock(&shared.core.queue).busy[index] = false;
+            let mut q = lock(&shared.core.queue);
+            q.busy[index] = q.busy[index].saturating_sub(1);
+            drop(q);
             shared.core.wake.notify_all();
         }
     }
@@ -934,7 +941,7 @@ impl Drop for Busy {
 impl Lane {
     /// Marks the lane in a turn until the guard is dropped.
     pub(super) fn busy(&self) -> Busy {
-        lock(&self.shared.core.queue).busy[self.index] = true;
+        lock(&self.shared.core.queue).busy[self.index] += 1;
         Busy(Some((self.shared.clone(), self.index)))
     }
 }

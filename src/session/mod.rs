@@ -156,6 +156,13 @@ impl<'e> Session<'e> {
         self.history = messages;
     }
 
+    /// On a batched context, makes every step wait (within the gather window) for this
+    /// session's decodes until the guard is dropped, also between turns: sessions that hold
+    /// one from before their first turn move in lockstep. Each turn holds one by itself.
+    pub fn busy(&self) -> Busy {
+        self.ctx.busy()
+    }
+
     /// Forgets the conversation and empties the cache.
     pub fn reset(&mut self) {
         self.ctx.clear();
