@@ -71,15 +71,21 @@ fn batched(engine: &Engine, lanes: Vec<(CmrmSteering, bool)>, lockstep: bool) ->
         b.set_gather(Duration::from_secs(120));
         b.pause(true);
     }
+    // Sessions made here, in order: lane i is the i-th (a lane's place in a step follows it).
+    let sessions: Vec<(Session<'_>, bool)> = lanes
+        .into_iter()
+        .map(|(st, steer)| {
+            let opts = SessionOptions::new().steering(st).batched(b.clone());
+            (Session::new(engine, opts).unwrap(), steer)
+        })
+        .collect();
     let start = Barrier::new(n);
     let out = std::thread::scope(|s| {
-        let handles: Vec<_> = lanes
+        let handles: Vec<_> = sessions
             .into_iter()
-            .map(|(st, steer)| {
-                let (b, start) = (b.clone(), &start);
+            .map(|(mut session, steer)| {
+                let start = &start;
                 s.spawn(move || {
-                    let opts = SessionOptions::new().steering(st).batched(b);
-                    let mut session = Session::new(engine, opts).unwrap();
                     start.wait();
                     answer(&mut session, &turn(steer))
                 })

@@ -21,8 +21,8 @@ fn content(reply: &Value) -> &str {
 }
 
 #[test]
-fn tokenize_detokenize_and_props_answer_as_llama_server() {
-    let server = Server::start(&["-c", "512", "--max-tokens", "16"]);
+fn tokenize_detokenize_props_and_slots_answer_as_llama_server() {
+    let server = Server::start(&["-c", "512", "--max-tokens", "16", "--parallel", "2"]);
     let text = "Hello world, naïve café!";
     let (st, b) = post(
         &server.url("/tokenize"),
@@ -105,7 +105,7 @@ fn tokenize_detokenize_and_props_answer_as_llama_server() {
         props["default_generation_settings"]["params"]["n_predict"], 16,
         "{props}"
     );
-    assert_eq!(props["total_slots"], 1, "{props}");
+    assert_eq!(props["total_slots"], 2, "{props}");
     assert_eq!(props["modalities"]["vision"], true, "{props}");
     assert!(
         props["chat_template"]
@@ -113,6 +113,19 @@ fn tokenize_detokenize_and_props_answer_as_llama_server() {
             .is_some_and(|t| t.contains("im_start")),
         "{props}"
     );
+
+    // /slots: each slot, idle, with its context size.
+    let (st, slots) = get(&server.url("/slots"), None);
+    assert_eq!(st, 200, "{slots}");
+    let slots: Value = serde_json::from_str(&slots).unwrap();
+    let slots = slots.as_array().unwrap();
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    for (i, s) in slots.iter().enumerate() {
+        assert_eq!(s["id"], i, "{s}");
+        assert_eq!(s["n_ctx"], 512, "{s}");
+        assert_eq!(s["is_processing"], false, "{s}");
+        assert_eq!(s["alive"], true, "{s}");
+    }
 }
 
 #[test]

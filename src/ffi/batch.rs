@@ -371,12 +371,10 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn lanes_now(&self) -> Vec<usize> {
-        match &self.step {
-            StepMap::Idle => Vec::new(),
-            StepMap::Whole(l) => vec![*l],
-            StepMap::Rows { segs, .. } => segs.iter().map(|s| s.lane).collect(),
-        }
+    /// Whether lane `l` steers or watches tensor `name`.
+    fn lane_wants(&self, l: usize, name: &str) -> bool {
+        let lane = &self.lanes[l];
+        lane.cvec_row(name).is_some() || lane.hook.as_ref().is_some_and(|h| lock(h).wants(name))
     }
 }
 
@@ -400,10 +398,12 @@ impl LaneHooks {
 
 impl GraphHook for Dispatch {
     fn wants(&self, name: &str) -> bool {
-        self.lanes_now().into_iter().any(|l| {
-            let lane = &self.lanes[l];
-            lane.cvec_row(name).is_some() || lane.hook.as_ref().is_some_and(|h| lock(h).wants(name))
-        })
+        // Called for every node of every graph: no allocation.
+        match &self.step {
+            StepMap::Idle => false,
+            StepMap::Whole(l) => self.lane_wants(*l, name),
+            StepMap::Rows { segs, .. } => segs.iter().any(|s| self.lane_wants(s.lane, name)),
+        }
     }
 
     fn observe(&mut self, name: &str, t: &mut HookTensor<'_>) {

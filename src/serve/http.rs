@@ -77,6 +77,7 @@ pub fn router(shared: App) -> Router {
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
         .route("/props", get(props::props))
+        .route("/slots", get(props::slots))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .fallback(not_found)

@@ -1,5 +1,6 @@
-//! llama-server's `GET /props`: what the server runs and the settings a request starts from,
-//! for clients (and llama.cpp's own web UI) that read them before they ask.
+//! llama-server's `GET /props` (what the server runs and the settings a request starts from,
+//! for clients and llama.cpp's own web UI that read them before they ask) and `GET /slots`
+//! (what each slot is doing), both read-only.
 
 use axum::extract::State;
 use axum::Json;
@@ -59,4 +60,25 @@ fn steering(s: &SteerOverride) -> Value {
         "positions": text(s.positions.map(|p| p.to_string())),
         "text_only": s.text_only,
     })
+}
+
+/// `GET /slots`: one object per slot, as llama-server's (`id`, `n_ctx`, `is_processing`), with
+/// whether its thread runs and how many requests it took; no request content is shown.
+pub(super) async fn slots(State(app): State<App>) -> Json<Value> {
+    let slots: Vec<Value> = app
+        .pool
+        .slots()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "n_ctx": app.n_ctx,
+                "is_processing": s.busy,
+                "alive": s.alive,
+                "requests": s.requests,
+                "cached_messages": s.cached_messages,
+            })
+        })
+        .collect();
+    Json(Value::Array(slots))
 }

@@ -335,6 +335,22 @@ impl Pool {
             .map_err(|_| ApiError::new(500, "server_error", format!("slot {slot} has stopped")))
     }
 
+    /// What each slot is doing.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.state
+            .table()
+            .iter()
+            .enumerate()
+            .map(|(id, s)| SlotInfo {
+                id,
+                busy: s.busy,
+                alive: s.alive.load(Ordering::SeqCst),
+                requests: s.request,
+                cached_messages: s.keys.len(),
+            })
+            .collect()
+    }
+
     /// Slots whose thread has stopped, of all.
     pub fn stopped(&self) -> (usize, usize) {
         let slots = self.state.table();
@@ -349,6 +365,20 @@ impl Pool {
     pub fn close(&self) {
         self.free.close();
     }
+}
+
+/// A slot's state, for `GET /slots`.
+pub struct SlotInfo {
+    /// Its number.
+    pub id: usize,
+    /// Answering a request.
+    pub busy: bool,
+    /// Its thread runs.
+    pub alive: bool,
+    /// Requests it has taken.
+    pub requests: u64,
+    /// Messages of the conversation its cache holds.
+    pub cached_messages: usize,
 }
 
 fn busy(message: &str) -> ApiError {
