@@ -7,7 +7,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use cmrm::capture::StateReader;
-use cmrm::media::{self, Image};
+use cmrm::media::{self, Corruption, Image};
 use cmrm::session::{Positions, SteerConfig, SteerOverride};
 use cmrm::steer::Mechanism;
 use cmrm::{CmrmSteering, Engine, GenerateOptions, Session, SessionOptions, Turn};
@@ -135,7 +135,7 @@ fn each_lane_is_steered_by_its_own_settings_as_on_a_context_of_its_own() {
                 (steering(&engine, m), false),
                 (steering(&engine, m), true),
             ],
-            false,
+            true,
         );
         // Batched arithmetic sums the attention over other cells in other orders: the same
         // up to rounding, far from the steering's own effect.
@@ -146,6 +146,43 @@ fn each_lane_is_steered_by_its_own_settings_as_on_a_context_of_its_own() {
                 "{m:?} lane {i}: first-token logits differ by {diff} from a context of its own (the steering's effect: {effect})"
             );
         }
+    }
+}
+
+#[test]
+fn sample_level_steering_probes_in_the_batch_as_on_a_context_of_its_own() {
+    let engine = engine();
+    // Its own shift, measured by probe prefills on the lane's scratch sequence, which share
+    // the steps with the other lanes' decodes.
+    let sample = || {
+        let cfg = SteerConfig {
+            alpha: 2.0,
+            positions: Positions::LastPrompt,
+            ..SteerConfig::default()
+        };
+        CmrmSteering::sample(&engine, Corruption::Anchor, cfg, Mechanism::Callback).unwrap()
+    };
+    let steered = alone(&engine, sample(), true);
+    let plain = alone(&engine, sample(), false);
+    let out = batched(
+        &engine,
+        vec![
+            (sample(), true),
+            (steering(&engine, Mechanism::Callback), false),
+            (sample(), true),
+        ],
+        true,
+    );
+    // Rounding reaches the probes' states too, and the interpolation (alpha 2) doubles it.
+    for i in [0, 2] {
+        let (near, far) = (
+            max_rel_diff(&out[i].0, &steered.0),
+            max_rel_diff(&out[i].0, &plain.0),
+        );
+        assert!(
+            near < 2.5e-3 && near * 5.0 < far,
+            "lane {i}: first-token logits {near} from those of a context of its own, {far} from the unsteered ones"
+        );
     }
 }
 
