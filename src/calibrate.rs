@@ -7,10 +7,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
 use crate::capture::StateReader;
 use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::ffi::{Busy, LOCKSTEP};
 use crate::math;
 use crate::media::{Corruption, Image};
 use crate::progress::Progress;
@@ -44,6 +48,18 @@ pub fn calibrate(
     opts: &CalibrateOptions,
     out: &Path,
 ) -> Result<CmrmVectors> {
+    calibrate_parallel(engine, anchors, opts, out, 1)
+}
+
+/// [`calibrate`], reading `parallel` anchors at once on lanes of one batched context, in
+/// lockstep (the same file every run; it may differ from one anchor at a time by rounding).
+pub fn calibrate_parallel(
+    engine: &Engine,
+    anchors: &[Item],
+    opts: &CalibrateOptions,
+    out: &Path,
+    parallel: usize,
+) -> Result<CmrmVectors> {
     if opts.benign.is_some() && opts.shard.is_some() {
         return Err(Error::Invalid(
             "safety directions (--benign) are measured in one run: calibrate them without --shard"
@@ -64,36 +80,98 @@ pub fn calibrate(
         .filter(|i| opts.shard.is_none_or(|(k, n)| *i as usize % n == k))
         .collect();
     let mut file = open_partial(&partial, &tag)?;
-    let mut reader = StateReader::new(engine)?;
+    let batched = match parallel {
+        0 | 1 => None,
+        n => {
+            let b = engine.batched(n, false)?;
+            b.set_gather(LOCKSTEP);
+            Some(b)
+        }
+    };
+    let mut readers = (0..parallel.max(1))
+        .map(|_| StateReader::on(engine, batched.clone()))
+        .collect::<Result<Vec<_>>>()?;
     let finished = |done: &[(u64, Vec<f32>)], i: u64| done.iter().any(|(d, _)| *d == i);
     let mut bar = Progress::new(
         "anchors",
         todo.len(),
         todo.iter().filter(|&&i| finished(&done, i)).count(),
     );
-    let mut fixed: Option<Image> = None;
-    for &i in &todo {
-        if finished(&done, i) {
-            continue;
+    let pending: Vec<u64> = todo
+        .iter()
+        .copied()
+        .filter(|&i| !finished(&done, i))
+        .collect();
+    // A corruption that does not depend on the anchor is made once.
+    let fixed = match pending.first() {
+        Some(&i) if opts.corruption.is_fixed() => Some(Image::from(
+            opts.corruption
+                .image(anchors[i as usize].image.as_deref(), i)?,
+        )),
+        _ => None,
+    };
+    let corrupt = |i: u64| -> Result<Image> {
+        match &fixed {
+            Some(im) => Ok(im.clone()),
+            None => Ok(Image::from(
+                opts.corruption
+                    .image(anchors[i as usize].image.as_deref(), i)?,
+            )),
         }
-        let anchor = &anchors[i as usize];
-        let corrupt = match &fixed {
-            Some(im) => im.clone(),
-            None => {
-                let im = Image::from(opts.corruption.image(anchor.image.as_deref(), i)?);
-                if opts.corruption.is_fixed() {
-                    fixed = Some(im.clone());
+    };
+    let lanes = readers.len();
+    let failed = AtomicBool::new(false);
+    let mut first_error = None;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<(u64, Result<Vec<f32>>)>();
+        // Reader k takes anchors k, k + lanes, ... and is waited for from its first to its
+        // last: the readers move in lockstep.
+        let guards: Vec<Busy> = readers.iter().map(StateReader::busy).collect();
+        for ((k, reader), guard) in readers.iter_mut().enumerate().zip(guards) {
+            let (tx, pending, failed, corrupt) = (tx.clone(), &pending, &failed, &corrupt);
+            s.spawn(move || {
+                let _guard = guard;
+                for &i in pending.iter().skip(k).step_by(lanes) {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let anchor = &anchors[i as usize];
+                    let shift = corrupt(i)
+                        .and_then(|im| reader.shift(opts.system.as_deref(), &anchor.prompt, &im));
+                    let shift = shift.map(|s| s.concat());
+                    if shift.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    if tx.send((i, shift)).is_err() {
+                        break;
+                    }
                 }
-                im
+            });
+        }
+        drop(tx);
+        for (i, shift) in rx {
+            let saved = shift.and_then(|flat| {
+                append_record(&mut file, &partial, i, &flat)?;
+                done.push((i, flat));
+                Ok(())
+            });
+            match saved {
+                Ok(()) => bar.inc(),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
             }
-        };
-        let shift = reader.shift(opts.system.as_deref(), &anchor.prompt, &corrupt)?;
-        let flat = shift.concat();
-        append_record(&mut file, &partial, i, &flat)?;
-        done.push((i, flat));
-        bar.inc();
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
     }
+    let mut reader = readers.swap_remove(0);
+    drop(readers);
     done.retain(|(i, _)| todo.contains(i));
+    // In anchor order, whatever order they finished in: the sums are then the same.
+    done.sort_by_key(|(i, _)| *i);
     let provenance = Provenance::now(opts.anchor_set.clone(), opts.system.clone());
     let mut vectors = aggregate(id, opts, opts.corruption.file_name(), provenance, done)?;
     if let Some(benign) = &opts.benign {

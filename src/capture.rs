@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ffi::{GraphHook, HookTensor, SharedHook};
+use crate::ffi::{Batched, Busy, GraphHook, HookTensor, SharedHook};
 use crate::media::Image;
 use crate::session::{Session, SessionOptions, Turn};
 
@@ -139,9 +139,24 @@ pub struct StateReader<'e> {
 impl<'e> StateReader<'e> {
     /// A reader on `engine`.
     pub fn new(engine: &'e Engine) -> Result<Self> {
+        Self::on(engine, None)
+    }
+
+    /// A reader on `engine`, on a lane of `batched` when given.
+    pub fn on(engine: &'e Engine, batched: Option<Batched<'e>>) -> Result<Self> {
         let capture = LayerCapture::all_layers(engine.model().n_layer());
-        let session = Session::new(engine, SessionOptions::new().observer(shared(&capture)))?;
+        let mut options = SessionOptions::new().observer(shared(&capture));
+        if let Some(b) = batched {
+            options = options.batched(b);
+        }
+        let session = Session::new(engine, options)?;
         Ok(Self { session, capture })
+    }
+
+    /// Keeps the steps of a batched context waiting for this reader until dropped (see
+    /// [`Session::busy`]).
+    pub fn busy(&self) -> Busy {
+        self.session.busy()
     }
 
     /// Per-layer last-token states of a fresh single-turn prompt.

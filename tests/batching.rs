@@ -214,3 +214,39 @@ fn an_unsteered_answer_is_the_same_whatever_its_neighbours_do() {
         assert_eq!(loud[0].1, quiet[0].1, "{m:?}: another unsteered answer");
     }
 }
+
+#[test]
+fn parallel_calibration_is_repeatable_and_agrees_with_one_anchor_at_a_time() {
+    use cmrm::calibrate::{calibrate_parallel, CalibrateOptions};
+    use cmrm::vectors::Method;
+    let engine = engine();
+    let mut anchors = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
+    anchors.truncate(6);
+    let opts = CalibrateOptions {
+        anchor_set: None,
+        benign: None,
+        method: Method::Mean,
+        corruption: Corruption::Noise(3),
+        system: None,
+        shard: None,
+        recommended: SteerConfig::default(),
+    };
+    let dir = fresh_dir("batching", "calibrate");
+    let run = |name: &str, parallel| {
+        calibrate_parallel(&engine, &anchors, &opts, &dir.join(name), parallel).unwrap()
+    };
+    let one = run("one.gguf", 1);
+    let a = run("a.gguf", 3);
+    let b = run("b.gguf", 3);
+    assert_eq!(a.deltas, b.deltas, "two parallel calibrations differ");
+    assert_eq!(a.n_anchors, 6);
+    // A shift is a difference of two close states: rounding weighs more in it than in the
+    // states (most at the last layers).
+    for (il, (x, y)) in a.deltas.iter().zip(&one.deltas).enumerate() {
+        let diff = max_rel_diff(x, y);
+        assert!(
+            diff < 5e-2,
+            "layer {il}: the parallel shift differs by {diff} from one anchor at a time"
+        );
+    }
+}

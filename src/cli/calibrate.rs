@@ -75,6 +75,10 @@ pub struct CalibrateArgs {
     /// System message used for every anchor (use the one you will chat with).
     #[arg(long = "system-prompt", alias = "system")]
     system: Option<String>,
+    /// Anchors read at once, as sessions on lanes of one batched context (llama.cpp's
+    /// `--parallel`); the file is the same every run, and that of 1 up to rounding.
+    #[arg(long = "parallel", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
     /// Only anchors i, i+n, i+2n, ... (`i/n`); merge the shards with `cmrm merge`.
     #[arg(long, value_name = "i/n", value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
@@ -139,7 +143,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         anchor_set: Some(anchor_set),
         benign,
     };
-    let v = calibrate::calibrate(&engine, &anchors, &opts, &out)?;
+    let v = calibrate::calibrate_parallel(&engine, &anchors, &opts, &out, args.parallel as usize)?;
     let safety = v.safety.as_ref().map_or(String::new(), |s| {
         format!(
             ", safety directions from {} harmful / {} benign requests",

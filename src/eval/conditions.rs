@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -18,14 +17,10 @@ use super::utility::UtilityRecord;
 use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::ffi::Busy;
+use crate::ffi::{Busy, LOCKSTEP};
 use crate::progress::Progress;
 use crate::settings::SteerConfig;
 use crate::vectors::Fit;
-
-/// How long a step of a parallel evaluation waits for a runner: far longer than a runner
-/// takes between two decodes (sampling, reading an image), so the runners move in lockstep.
-const LOCKSTEP: Duration = Duration::from_secs(30);
 
 /// The conditions of a plan on one runner, or on `parallel` runners whose sessions are lanes of
 /// one batched context (items are then answered `parallel` at a time).

@@ -37,6 +37,11 @@ use crate::error::{Error, Result};
 /// How long a step waits, by default, for the lanes in a turn to send their next decode.
 const GATHER: Duration = Duration::from_millis(3);
 
+/// A gather window far longer than a lane that only computes takes between two decodes
+/// (sampling, reading an image): lanes held busy for a whole run move in lockstep with it, so
+/// the run's results do not depend on its threads' timing (evaluation and calibration).
+pub const LOCKSTEP: Duration = Duration::from_secs(30);
+
 /// llama.cpp's limit on the sequences of one context (`LLAMA_MAX_SEQ`, not in its public
 /// header).
 const MAX_SEQ: usize = 256;

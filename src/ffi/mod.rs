@@ -20,7 +20,7 @@ pub use backend::{
     add_rpc_servers, backends, devices, install_abort_message, serve_rpc, DeviceInfo, DeviceKind,
     RpcEndpoint,
 };
-pub use batch::{BatchStats, Batched, Busy};
+pub use batch::{BatchStats, Batched, Busy, LOCKSTEP};
 pub use compute::ComputeGate;
 pub use context::{Context, ContextParams, FlashAttn, KvType};
 pub use hook::{GraphHook, HookChain, HookTensor, SharedHook};
