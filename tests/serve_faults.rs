@@ -490,11 +490,15 @@ fn requests_the_server_refuses_decode_nothing_and_queued_images_are_bounded() {
                     .post(&chat)
                     .header("Content-Type", "application/json")
                     .send(&body[..])
-                    .map_or(0, |r| r.status().as_u16())
+                    .map_or_else(
+                        |e| (0, e.to_string()),
+                        |r| (r.status().as_u16(), String::new()),
+                    )
             })
         })
         .collect();
-    let statuses: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let outcomes: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let statuses: Vec<u16> = outcomes.iter().map(|o| o.0).collect();
     let peak = server.peak_rss_kb();
     assert!(a.holding(), "the slot was freed during the test");
     a.release();
@@ -503,7 +507,7 @@ fn requests_the_server_refuses_decode_nothing_and_queued_images_are_bounded() {
     eprintln!(
         "16 image requests with 1 slot busy and 2 queue places: {busy} refused, {waited} queued until their client gave up; peak RSS {peak0} -> {peak} kB"
     );
-    assert_eq!((busy, waited), (14, 2), "{statuses:?}");
+    assert_eq!((busy, waited), (14, 2), "{outcomes:?}");
     // Two queued requests of 48 MB decoded each (with copies on the way), not sixteen.
     assert!(
         peak <= peak0 + 320_000,

@@ -327,10 +327,34 @@ pub(super) async fn read_body(app: &Shared, body: Body) -> Result<Bytes, ApiErro
     }
 }
 
+/// Reads a refused request's body to its end and drops it, chunk by chunk (at most
+/// --max-request-bytes, for 2 s at most), so that the client reads the refusal: a connection
+/// closed with bytes unread is reset, and a client still sending its body would see the reset
+/// instead of the 503.
+async fn discard_body(app: &Shared, body: Body) {
+    let mut chunks = body.into_data_stream();
+    let mut left = app.max_request_bytes;
+    let drain = async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            match left.checked_sub(chunk.len()) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(app.timeout.min(Duration::from_secs(2)), drain).await;
+}
+
 async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     // A place first: a request the server will refuse costs no reading, parsing or image
     // decoding, and the memory requests hold is bounded by the places.
-    let place = app.pool.admit()?;
+    let place = match app.pool.admit() {
+        Ok(p) => p,
+        Err(e) => {
+            discard_body(app, body).await;
+            return Err(e);
+        }
+    };
     let bytes = read_body(app, body).await?;
     let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
     drop(bytes);
