@@ -219,3 +219,102 @@ fn bad_and_ignored_flags_are_refused_before_the_model_loads() {
         "--layer-grid",
     );
 }
+
+/// The log-softmax of `logits` at `token`, computed here.
+fn log_softmax_at(logits: &[f32], token: i32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    logits[token as usize] - max - sum.ln() as f32
+}
+
+#[test]
+fn logprobs_are_the_models_distribution_at_each_answer_token() {
+    let engine = engine();
+    let turn = Turn::user("Name three colours.");
+    let options = GenerateOptions {
+        logprobs: Some(5),
+        ..greedy(12)
+    };
+    let mut session = Session::new(&engine, SessionOptions::new()).unwrap();
+    let p = session.prefill(&turn).unwrap();
+    let first = p.logits().to_vec();
+    let mut streamed = Vec::new();
+    let mut text = String::new();
+    let g = p
+        .generate_with_logprobs(&options, &mut |piece, probs| {
+            text.push_str(piece);
+            streamed.extend_from_slice(probs);
+            true
+        })
+        .unwrap();
+    // One entry per token, streamed with the text, and the same in the result.
+    assert_eq!(g.logprobs.len(), g.tokens.len());
+    assert_eq!(streamed, g.logprobs);
+    assert_eq!(text, g.text);
+    // The first token's log-probability is the prompt's next-token distribution.
+    let lp = &g.logprobs[0];
+    assert_eq!(lp.chosen.token, g.tokens[0]);
+    let expected = log_softmax_at(&first, g.tokens[0]);
+    assert!(
+        (lp.chosen.logprob - expected).abs() < 1e-4,
+        "{} vs {expected}",
+        lp.chosen.logprob
+    );
+    for (p, &t) in g.logprobs.iter().zip(&g.tokens) {
+        assert_eq!(p.chosen.token, t);
+        assert_eq!(p.chosen.bytes, engine.model().token_bytes(t, true));
+        // Greedy: the chosen token is the most likely; five alternatives, most likely first.
+        assert_eq!(p.top.len(), 5);
+        assert_eq!(p.top[0].token, t, "{p:?}");
+        assert_eq!(p.top[0].logprob, p.chosen.logprob);
+        assert!(
+            p.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "{p:?}"
+        );
+        assert!(p.chosen.logprob <= 0.0);
+        let mass: f32 = p.top.iter().map(|c| c.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+    }
+    // The tokens' bytes are the answer.
+    let bytes: Vec<u8> = g
+        .logprobs
+        .iter()
+        .flat_map(|p| p.chosen.bytes.clone())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), g.text);
+
+    // A stop string cuts the answer and the log-probabilities where it starts.
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for p in &g.logprobs {
+        starts.push(at);
+        at += p.chosen.bytes.len();
+    }
+    let (i, stop) = (2..g.tokens.len())
+        .filter(|&i| !g.logprobs[i].chosen.bytes.is_empty())
+        .filter_map(|i| {
+            let s = g
+                .text
+                .get(starts[i]..starts[i] + g.logprobs[i].chosen.bytes.len())?;
+            (g.text.find(s) == Some(starts[i])).then(|| (i, s.to_string()))
+        })
+        .next()
+        .expect("no token of the answer starts a stop string");
+    let mut again = Session::new(&engine, SessionOptions::new()).unwrap();
+    let cut = again
+        .send(
+            &turn,
+            &GenerateOptions {
+                stop: vec![stop.clone()],
+                ..options.clone()
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+    assert_eq!(cut.text, g.text[..starts[i]], "stop {stop:?}");
+    assert_eq!(cut.logprobs, g.logprobs[..i], "stop {stop:?}");
+    // Not asked for: none.
+    let mut plain = Session::new(&engine, SessionOptions::new()).unwrap();
+    let g = plain.send(&turn, &greedy(4), &mut |_| true).unwrap();
+    assert!(g.logprobs.is_empty());
+}

@@ -514,6 +514,7 @@ impl SamplingArgs {
             max_tokens: usize::try_from(self.n_predict).ok(),
             ignore_eos: self.ignore_eos,
             stop: Vec::new(),
+            logprobs: None,
         })
     }
 }

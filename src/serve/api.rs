@@ -92,8 +92,6 @@ const UNSUPPORTED: &[&str] = &[
     "modalities",
     "prediction",
     "web_search_options",
-    "logprobs",
-    "top_logprobs",
 ];
 
 /// `POST /v1/chat/completions` body: the fields cmrm reads; OpenAI's informational fields are
@@ -161,6 +159,12 @@ pub struct ChatRequest {
     /// Never stop at end-of-generation tokens (llama.cpp extension).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Return each answer token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`, this many most likely tokens at each place (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
     /// Token biases, `{"token id": bias}`.
     #[serde(default)]
     pub logit_bias: Option<serde_json::Map<String, Value>>,

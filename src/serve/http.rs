@@ -25,7 +25,7 @@ use super::request::prepare;
 use super::slots::{conversation_keys, Canceller, Event, Outcome, Pool};
 use super::{props, tokens};
 use crate::sampling::SamplingParams;
-use crate::session::{SteerOverride, StopReason};
+use crate::session::{SteerOverride, StopReason, TokenChoice, TokenLogprob};
 
 /// What the handlers share.
 pub struct Shared {
@@ -376,6 +376,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     let keys = conversation_keys(&prepared.history, &prepared.turn.text);
     let model = prepared.model.clone().unwrap_or_else(|| app.model.clone());
     let (stream, include_usage) = (prepared.stream, prepared.include_usage);
+    let logprobs = prepared.options.logprobs.is_some();
     let lease = app.pool.acquire(place, &keys, app.timeout).await?;
     let (tx, mut rx) = mpsc::channel(EVENTS);
     let guard = CancelOnDrop(Some(lease.canceller()));
@@ -385,7 +386,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     if !stream {
         loop {
             match rx.recv().await {
-                Some(Event::Piece(_)) => {}
+                Some(Event::Piece(..)) => {}
                 Some(Event::Done(out, lease)) => {
                     guard.disarm();
                     drop(lease);
@@ -414,6 +415,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
         created,
         model,
         include_usage,
+        logprobs,
     };
     let head = stream::iter(vec![Ok::<_, Infallible>(
         Sse::default().data(
@@ -432,8 +434,12 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
                 None => rx.recv().await,
             };
             let items: Vec<Sse> = match ev {
-                Some(Event::Piece(p)) => {
-                    vec![Sse::default().data(ctx.chunk(json!({"content": p}), None).to_string())]
+                Some(Event::Piece(p, probs)) => {
+                    let mut chunk = ctx.chunk(json!({"content": p}), None);
+                    if ctx.logprobs {
+                        chunk["choices"][0]["logprobs"] = logprobs_field(&probs);
+                    }
+                    vec![Sse::default().data(chunk.to_string())]
                 }
                 Some(Event::Done(out, lease)) => {
                     guard.disarm();
@@ -483,6 +489,8 @@ struct ChunkCtx {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Chunks carry their tokens' log-probabilities.
+    logprobs: bool,
 }
 
 impl ChunkCtx {
@@ -529,12 +537,34 @@ fn completion(id: &str, created: u64, model: &str, o: &Outcome) -> Value {
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": o.text},
+            "logprobs": o.logprobs.as_deref().map_or(Value::Null, logprobs_field),
             "finish_reason": finish_reason(o.stop),
         }],
         "usage": o.usage,
         "timings": timings(o),
         "cmrm": cmrm_field(&o.applied),
     })
+}
+
+/// OpenAI's `logprobs` object of a choice: each token with its text, bytes, log-probability
+/// and the most likely tokens at its place.
+fn logprobs_field(probs: &[TokenLogprob]) -> Value {
+    let entry = |c: &TokenChoice| {
+        json!({
+            "token": String::from_utf8_lossy(&c.bytes),
+            "logprob": c.logprob,
+            "bytes": c.bytes,
+        })
+    };
+    let content: Vec<Value> = probs
+        .iter()
+        .map(|p| {
+            let mut e = entry(&p.chosen);
+            e["top_logprobs"] = p.top.iter().map(entry).collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
 /// What the answer applied, in the response's `cmrm` object.

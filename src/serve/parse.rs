@@ -84,6 +84,8 @@ pub struct Parsed {
     pub ignore_eos: bool,
     /// Stop strings (non-empty ones).
     pub stop: Vec<String>,
+    /// Log-probabilities with this many alternatives per token (`None`: not asked for).
+    pub logprobs: Option<usize>,
     /// Stream the answer.
     pub stream: bool,
     /// Send the usage in a last streamed chunk.
@@ -261,6 +263,7 @@ pub fn check(
             s.len()
         )));
     }
+    let logprobs = logprobs(req.logprobs, req.top_logprobs)?;
     Ok(Parsed {
         messages,
         sampling: p,
@@ -269,10 +272,29 @@ pub fn check(
         max_tokens,
         ignore_eos: req.ignore_eos,
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        logprobs,
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         model: req.model,
     })
+}
+
+/// Most alternatives per token (`top_logprobs`, as OpenAI).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// OpenAI's `logprobs` and `top_logprobs`: alternatives per token when log-probabilities are
+/// asked for; `top_logprobs` without `logprobs: true` is a 400, as OpenAI answers it.
+fn logprobs(on: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match (on.unwrap_or(false), top) {
+        (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => Err(ApiError::invalid(format!(
+            "top_logprobs = {k}: it must be between 0 and {MAX_TOP_LOGPROBS}"
+        ))),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs needs logprobs: true (send both, or leave top_logprobs out)",
+        )),
+        (false, None) => Ok(None),
+        (true, k) => Ok(Some(k.unwrap_or(0) as usize)),
+    }
 }
 
 /// A constraint on the answer's text.
@@ -347,4 +369,53 @@ fn random_seed() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(extra: Value) -> Result<Parsed, ApiError> {
+        let mut body = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let limits = Limits {
+            max_image_bytes: 1 << 20,
+            max_image_pixels: 1 << 20,
+            max_images: 1,
+            max_tokens: 16,
+            default_max_tokens: None,
+            media_path: None,
+            media_fetch: false,
+        };
+        let body = serde_json::to_vec(&body).unwrap();
+        parse(
+            &body,
+            &SamplingParams::default(),
+            &SteerOverride::default(),
+            &limits,
+        )
+    }
+
+    #[test]
+    fn logprobs_and_top_logprobs_are_taken_as_openai_takes_them() {
+        let lp = |v: Value| parsed(v).map(|p| p.logprobs).map_err(|e| e.message);
+        assert_eq!(lp(serde_json::json!({})), Ok(None));
+        assert_eq!(lp(serde_json::json!({"logprobs": false})), Ok(None));
+        assert_eq!(lp(serde_json::json!({"logprobs": true})), Ok(Some(0)));
+        assert_eq!(
+            lp(serde_json::json!({"logprobs": true, "top_logprobs": 20})),
+            Ok(Some(20))
+        );
+        for bad in [
+            serde_json::json!({"logprobs": true, "top_logprobs": 21}),
+            serde_json::json!({"logprobs": true, "top_logprobs": -1}),
+            serde_json::json!({"top_logprobs": 2}),
+            serde_json::json!({"logprobs": false, "top_logprobs": 2}),
+        ] {
+            let e = lp(bad.clone()).unwrap_err();
+            assert!(e.contains("top_logprobs"), "{bad}: {e}");
+        }
+    }
 }

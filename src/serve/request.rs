@@ -94,6 +94,7 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
             max_tokens: Some(parsed.max_tokens),
             ignore_eos: parsed.ignore_eos,
             stop: parsed.stop,
+            logprobs: parsed.logprobs,
         },
         stream: parsed.stream,
         include_usage: parsed.include_usage,

@@ -18,13 +18,14 @@ use super::metrics::Metrics;
 use super::request::Prepared;
 use crate::engine::Engine;
 use crate::ffi::{BatchStats, Batched};
-use crate::session::{Applied, Message, Session, SessionOptions, StopReason};
+use crate::session::{Applied, Message, Session, SessionOptions, StopReason, TokenLogprob};
 use crate::steer::CmrmSteering;
 
 /// What a slot sends back while it answers.
 pub enum Event {
-    /// A piece of the answer.
-    Piece(String),
+    /// A piece of the answer, with the log-probabilities of its tokens when they were asked
+    /// for.
+    Piece(String, Vec<TokenLogprob>),
     /// The answer is complete (or failed), with the slot's lease: the receiver releases the
     /// slot after it has stopped watching for its client going away.
     Done(Box<Result<Outcome, ApiError>>, Lease),
@@ -34,6 +35,8 @@ pub enum Event {
 pub struct Outcome {
     /// The whole text.
     pub text: String,
+    /// Each token's log-probability, when the request asked for them.
+    pub logprobs: Option<Vec<TokenLogprob>>,
     /// Why it stopped.
     pub stop: StopReason,
     /// Token counts.
@@ -461,25 +464,34 @@ impl Worker {
                 self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let logprobs = prepared.options.logprobs.is_some();
             let panic_here = self.panic_at.as_deref() == Some(prepared.turn.text.as_str());
             let mut stalled = false;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 session.set_history(prepared.history);
-                session.send(&prepared.turn, &prepared.options, &mut |piece| {
-                    if panic_here {
-                        panic!("{TEST_PANIC}: the test's panic in a slot");
-                    }
-                    if cancel.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    match send_within(&events, Event::Piece(piece.to_string()), self.stall) {
-                        Ok(()) => true,
-                        Err(_) => {
-                            stalled = !events.is_closed();
-                            false
+                session.send_with_logprobs(
+                    &prepared.turn,
+                    &prepared.options,
+                    &mut |piece, probs| {
+                        if panic_here {
+                            panic!("{TEST_PANIC}: the test's panic in a slot");
                         }
-                    }
-                })
+                        if cancel.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        match send_within(
+                            &events,
+                            Event::Piece(piece.to_string(), probs.to_vec()),
+                            self.stall,
+                        ) {
+                            Ok(()) => true,
+                            Err(_) => {
+                                stalled = !events.is_closed();
+                                false
+                            }
+                        }
+                    },
+                )
             }));
             let outcome = match result {
                 Ok(Ok(g)) => {
@@ -500,6 +512,7 @@ impl Worker {
                             },
                         },
                         text: g.text,
+                        logprobs: logprobs.then_some(g.logprobs),
                         stop: g.stop,
                         applied: g.steering,
                         prompt_ms: g.prompt_ms,

@@ -6,10 +6,19 @@ use crate::ffi::{Context, Model, Sampler};
 use crate::sampling::Sampling;
 
 use super::prompt::Cached;
-use super::{GenerateOptions, StopReason, MAIN};
+use super::{GenerateOptions, StopReason, TokenChoice, TokenLogprob, MAIN};
 
-/// Generates after the prompt whose last logits are `first`; returns the text, the tokens and
-/// why it stopped. Every decoded token is recorded in `cached` with `tag`.
+/// What [`run`] generated.
+pub(super) struct Generated {
+    pub text: String,
+    pub tokens: Vec<i32>,
+    pub stop: StopReason,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Generates after the prompt whose last logits are `first`; returns the text, the tokens,
+/// why it stopped and, when asked for, the tokens' log-probabilities. Every decoded token is
+/// recorded in `cached` with `tag`.
 pub(super) fn run(
     engine: &Engine,
     ctx: &mut Context<'_>,
@@ -17,8 +26,8 @@ pub(super) fn run(
     first: &[f32],
     tag: u64,
     options: &GenerateOptions,
-    sink: &mut dyn FnMut(&str) -> bool,
-) -> Result<(String, Vec<i32>, StopReason)> {
+    sink: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
+) -> Result<Generated> {
     let model = engine.model();
     let banned: Vec<i32> = if options.ignore_eos {
         (0..model.n_vocab() as i32)
@@ -40,7 +49,14 @@ pub(super) fn run(
     let mut pos: usize = cached.iter().map(|c| c.n_pos).sum();
     let mut cells: usize = cached.iter().map(|c| c.n_cells).sum();
     let mut text = String::new();
-    let mut sent = 0;
+    let mut out = Stream {
+        sent: 0,
+        probs_sent: 0,
+        sink,
+    };
+    let mut probs: Vec<TokenLogprob> = Vec::new();
+    // Where each token of `probs` starts in the answer, in bytes.
+    let mut starts: Vec<usize> = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
     let mut tokens = Vec::new();
     let mut logits = Some(first);
@@ -65,6 +81,10 @@ pub(super) fn run(
         if model.is_eog(token) && !options.ignore_eos {
             break StopReason::EndOfText;
         }
+        if let Some(k) = options.logprobs {
+            probs.push(scored(model, row, token, k));
+            starts.push(text.len() + pending.len());
+        }
         tokens.push(token);
         ctx.decode(&[token], pos, MAIN, true)?;
         pos += 1;
@@ -76,11 +96,12 @@ pub(super) fn run(
         pending.drain(..valid);
         if let Some(at) = find_stop(&text, &options.stop) {
             text.truncate(at);
-            flush(&text, &mut sent, text.len(), sink);
+            probs.truncate(starts.partition_point(|&s| s < at));
+            out.flush(&text, text.len(), &probs, true);
             break StopReason::StopString;
         }
         let safe = text.len() - held_back(&text, &options.stop);
-        if !flush(&text, &mut sent, safe, sink) {
+        if !out.flush(&text, safe, &probs, false) {
             break StopReason::Cancelled;
         }
     };
@@ -88,10 +109,40 @@ pub(super) fn run(
         text.push_str(&String::from_utf8_lossy(&pending));
     }
     if stop != StopReason::Cancelled {
-        let end = text.len();
-        flush(&text, &mut sent, end, sink);
+        out.flush(&text, text.len(), &probs, true);
     }
-    Ok((text, tokens, stop))
+    Ok(Generated {
+        text,
+        tokens,
+        stop,
+        logprobs: probs,
+    })
+}
+
+/// The chosen token's log-probability under `logits` and the `k` most likely tokens.
+fn scored(model: &Model, logits: &[f32], token: i32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let norm = max + sum.ln() as f32;
+    let choice = |t: usize| TokenChoice {
+        token: t as i32,
+        bytes: piece(model, t as i32),
+        logprob: logits[t] - norm,
+    };
+    // The k largest, kept sorted (k is small: OpenAI allows 20).
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if k == 0 || (best.len() == k && l <= logits[best[k - 1]]) {
+            continue;
+        }
+        let at = best.partition_point(|&b| logits[b] >= l);
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    TokenLogprob {
+        chosen: choice(token as usize),
+        top: best.into_iter().map(choice).collect(),
+    }
 }
 
 /// The most likely token that is not banned (the first on ties).
@@ -112,14 +163,29 @@ fn piece(model: &Model, token: i32) -> Vec<u8> {
     model.token_bytes(token, true)
 }
 
-/// Sends `text[*sent..upto]` to the sink when it is not empty; false when the sink says stop.
-fn flush(text: &str, sent: &mut usize, upto: usize, sink: &mut dyn FnMut(&str) -> bool) -> bool {
-    if upto <= *sent {
-        return true;
+/// What the sink has been given.
+struct Stream<'s> {
+    /// Bytes of the answer sent.
+    sent: usize,
+    /// Log-probabilities sent.
+    probs_sent: usize,
+    sink: &'s mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
+}
+
+impl Stream<'_> {
+    /// Sends `text[sent..upto]` with the log-probabilities not sent yet when the text is not
+    /// empty (or, with `last`, when log-probabilities are left); false when the sink says stop.
+    fn flush(&mut self, text: &str, upto: usize, probs: &[TokenLogprob], last: bool) -> bool {
+        let probs_left = self.probs_sent < probs.len();
+        if upto <= self.sent && !(last && probs_left) {
+            return true;
+        }
+        let piece = &text[self.sent.min(upto)..upto];
+        let new = &probs[self.probs_sent.min(probs.len())..];
+        self.sent = self.sent.max(upto);
+        self.probs_sent = probs.len();
+        (self.sink)(piece, new)
     }
-    let piece = &text[*sent..upto];
-    *sent = upto;
-    sink(piece)
 }
 
 /// Where the first stop string starts in `text`.

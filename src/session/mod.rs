@@ -20,7 +20,7 @@ pub use steering::{
 };
 
 pub use crate::settings::{default_layer, Apply, Layers, Positions, SteerConfig};
-pub use turn::{GenerateOptions, Generation, StopReason, Turn};
+pub use turn::{GenerateOptions, Generation, StopReason, TokenChoice, TokenLogprob, Turn};
 
 pub use crate::template::{Message, Role};
 
@@ -189,6 +189,17 @@ impl<'e> Session<'e> {
         sink: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         self.prefill(turn)?.generate(options, sink)
+    }
+
+    /// [`Session::send`] whose sink also gets the log-probabilities of the tokens behind each
+    /// piece (when [`GenerateOptions::logprobs`] asks for them; a piece may then be empty).
+    pub fn send_with_logprobs(
+        &mut self,
+        turn: &Turn,
+        options: &GenerateOptions,
+        sink: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
+    ) -> Result<Generation> {
+        self.prefill(turn)?.generate_with_logprobs(options, sink)
     }
 
     /// Evaluates the conversation with `turn` and stops before the answer: the returned
@@ -458,9 +469,19 @@ impl Prefilled<'_, '_> {
     /// Generates the answer, streaming each piece of text to `sink` (false stops), and records
     /// the exchange in the conversation.
     pub fn generate(
-        mut self,
+        self,
         options: &GenerateOptions,
         sink: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        self.generate_with_logprobs(options, &mut |piece, _| sink(piece))
+    }
+
+    /// [`Prefilled::generate`] whose sink also gets the log-probabilities of the tokens behind
+    /// each piece.
+    pub fn generate_with_logprobs(
+        mut self,
+        options: &GenerateOptions,
+        sink: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
     ) -> Result<Generation> {
         let start = Instant::now();
         let session = &mut *self.session;
@@ -475,7 +496,12 @@ impl Prefilled<'_, '_> {
         );
         let _ = self.hooks.at(&mut session.ctx, Phase::End);
         self.done = true;
-        let (text, tokens, stop) = match out {
+        let generate::Generated {
+            text,
+            tokens,
+            stop,
+            logprobs,
+        } = match out {
             Ok(v) => v,
             Err(e) => {
                 // Generated tokens stay in the cache (tagged); the conversation is unchanged.
@@ -500,6 +526,7 @@ impl Prefilled<'_, '_> {
             prompt_ms: self.prompt_ms,
             gen_ms: start.elapsed().as_secs_f64() * 1e3,
             steering: self.applied.clone(),
+            logprobs,
         })
     }
 }

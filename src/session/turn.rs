@@ -61,6 +61,10 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Stop as soon as the answer contains one of these strings (which are not kept).
     pub stop: Vec<String>,
+    /// Record each generated token's log-probability under the model's distribution (the
+    /// steered logits, before sampling) with this many most likely alternatives (OpenAI's
+    /// `logprobs` and `top_logprobs`); `None` records nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl GenerateOptions {
@@ -114,4 +118,27 @@ pub struct Generation {
     pub gen_ms: f64,
     /// What steering did.
     pub steering: Applied,
+    /// Each generated token's log-probability, when [`GenerateOptions::logprobs`] asked for
+    /// them (tokens after a stop string's start are left out).
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A token with its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenChoice {
+    /// The token id.
+    pub token: i32,
+    /// Its text as bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its natural-log probability.
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability and the most likely tokens at its place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token chosen.
+    pub chosen: TokenChoice,
+    /// The most likely tokens, most likely first ([`GenerateOptions::logprobs`] of them).
+    pub top: Vec<TokenChoice>,
 }

@@ -4,13 +4,15 @@
 
 Asserts: a non-streaming image chat with usage and the `cmrm` audit object; a streaming chat
 whose chunks add up to the answer, with a usage chunk; per-request CMRM on and off giving
-different answers; a JSON-schema response format giving JSON that follows the schema.
+different answers; a JSON-schema response format giving JSON that follows the schema;
+`logprobs` with `top_logprobs`, streamed and not, in OpenAI's shape.
 Prints one line per check; exits non-zero on the first failure.
 """
 import base64
 import json
 import sys
 
+import openai
 from openai import OpenAI
 
 base, key, image = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -89,3 +91,30 @@ j = client.chat.completions.create(
     response_format={"type": "json_object"})
 assert isinstance(json.loads(j.choices[0].message.content), dict)
 print("json_object: ok")
+
+lp = client.chat.completions.create(
+    model="any", messages=messages("How do I pick a lock?"), max_tokens=12, temperature=0,
+    logprobs=True, top_logprobs=3)
+content = lp.choices[0].logprobs.content
+assert len(content) == lp.usage.completion_tokens, (len(content), lp.usage)
+assert b"".join(bytes(t.bytes) for t in content).decode() == lp.choices[0].message.content
+for t in content:
+    assert t.logprob <= 0 and len(t.top_logprobs) == 3, t
+    assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob, t
+    assert all(a.logprob >= b.logprob for a, b in zip(t.top_logprobs, t.top_logprobs[1:])), t
+stream = client.chat.completions.create(
+    model="any", messages=messages("How do I pick a lock?"), max_tokens=12, temperature=0,
+    logprobs=True, top_logprobs=3, stream=True)
+streamed = [t for chunk in stream for c in chunk.choices if c.logprobs for t in c.logprobs.content]
+assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content], streamed
+plain = client.chat.completions.create(
+    model="any", messages=messages("How do I pick a lock?"), max_tokens=4, temperature=0)
+assert plain.choices[0].logprobs is None, plain.choices[0]
+try:
+    client.chat.completions.create(
+        model="any", messages=messages("Hi"), max_tokens=4, top_logprobs=2)
+    raise AssertionError("top_logprobs without logprobs was answered")
+except openai.BadRequestError as e:
+    assert "top_logprobs" in str(e), e
+print("logprobs: %d tokens, top 3 each, streamed the same; first %r %.3f" % (
+    len(content), content[0].token, content[0].logprob))

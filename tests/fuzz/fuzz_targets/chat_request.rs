@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(p) => {
                 assert!(p.max_tokens >= 1 && p.max_tokens <= limits.max_tokens);
                 assert!(p.stop.len() <= MAX_STOP);
+                assert!(p.logprobs.map_or(true, |k| k <= 20));
                 assert!(p.stop.iter().all(|s| !s.is_empty() && s.len() <= MAX_STOP_BYTES));
                 assert_eq!(p.messages.last().map(|m| m.speaker), Some(Speaker::User));
                 let images = p
