@@ -14,14 +14,20 @@ pub fn argmax(x: &[f32]) -> usize {
 
 /// Log-softmax of a logits row.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(logits);
+    logits.iter().map(|l| l - lse).collect()
+}
+
+/// `ln(sum(exp(logits)))`, summed in f64 after subtracting the largest logit; a logit minus it
+/// is that token's log-probability.
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits
+    logits
         .iter()
         .map(|l| ((l - max) as f64).exp())
         .sum::<f64>()
         .ln() as f32
-        + max;
-    logits.iter().map(|l| l - lse).collect()
+        + max
 }
 
 /// Dot product in f64.

@@ -836,3 +836,38 @@ fn misbehaving_clients_leave_the_server_as_they_found_it() {
         "resident memory grew from {rss_before} kB to {rss_after} kB"
     );
 }
+
+#[test]
+fn a_client_refused_before_its_large_body_is_read_gets_the_refusal_not_a_reset() {
+    let server = Server::start(&["-c", "512", "--api-key", "sk-right"]);
+    let chat = server.url("/v1/chat/completions");
+    // 16 MB: more than loopback's socket buffers hold, so the client is still sending when
+    // the server answers.
+    let big = format!(
+        "{{\"messages\": [], \"pad\": \"{}\"}}",
+        "x".repeat(16 << 20)
+    );
+    let send = |content_type: &str, key: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .post(&chat)
+            .header("Content-Type", content_type)
+            .header("Authorization", &format!("Bearer {key}"))
+            .send(big.as_bytes())
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(send("application/json", "sk-wrong"), Ok(401));
+    assert_eq!(send("text/plain", "sk-right"), Ok(415));
+    // And the server answers the next request.
+    let (st, b) = post(
+        &chat,
+        Some("sk-right"),
+        &text_body("Hi.", json!({"max_tokens": 2})),
+    );
+    assert_eq!(st, 200, "{b}");
+}

@@ -98,13 +98,19 @@ impl IntoResponse for ApiError {
 /// an `Origin` other than the server's own or a loopback one (403), and a POST body that is
 /// not `application/json` (415: a form or `text/plain` POST needs no CORS preflight).
 async fn same_origin(State(app): State<App>, req: Request, next: Next) -> Response {
+    match cross_site(&app, &req) {
+        None => next.run(req).await,
+        Some(e) => refuse(&app, req.into_body(), e).await,
+    }
+}
+
+/// Why [`same_origin`] refuses `req`, if it does.
+fn cross_site(app: &Shared, req: &Request) -> Option<ApiError> {
     let h = req.headers();
     let text = |name| h.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let host = text(header::HOST);
-    let refuse = |status, message: String| {
-        app.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(status, "invalid_request_error", message).into_response()
-    };
+    let refuse =
+        |status, message: String| Some(ApiError::new(status, "invalid_request_error", message));
     if app.addr.ip().is_loopback() {
         if let Some(host) = host.filter(|h| !is_loopback_host(host_name(h))) {
             return refuse(
@@ -150,7 +156,15 @@ async fn same_origin(State(app): State<App>, req: Request, next: Next) -> Respon
             );
         }
     }
-    next.run(req).await
+    None
+}
+
+/// Answers `e` to a request refused before its body was read, counted as an error; the body
+/// is read and dropped first (see [`discard_body`]).
+async fn refuse(app: &Shared, body: Body, e: ApiError) -> Response {
+    app.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    discard_body(app, body).await;
+    e.into_response()
 }
 
 /// The host name of a `Host` or origin authority (`name:port`, `[v6]:port`).
@@ -192,13 +206,12 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     if known {
         return next.run(req).await;
     }
-    app.metrics.errors.fetch_add(1, Ordering::Relaxed);
-    ApiError::new(
+    let e = ApiError::new(
         401,
         "authentication_error",
         "Invalid API Key: send it as Authorization: Bearer KEY or X-Api-Key",
-    )
-    .into_response()
+    );
+    refuse(&app, req.into_body(), e).await
 }
 
 /// Whether `given` equals `key`, in a time that depends on their lengths only (not on where
@@ -330,7 +343,7 @@ pub(super) async fn read_body(app: &Shared, body: Body) -> Result<Bytes, ApiErro
 /// Reads a refused request's body to its end and drops it, chunk by chunk (at most
 /// --max-request-bytes, for 2 s at most), so that the client reads the refusal: a connection
 /// closed with bytes unread is reset, and a client still sending its body would see the reset
-/// instead of the 503.
+/// instead of the 401, 403, 415 or 503.
 async fn discard_body(app: &Shared, body: Body) {
     let mut chunks = body.into_data_stream();
     let mut left = app.max_request_bytes;

@@ -465,6 +465,8 @@ impl Worker {
                 continue;
             }
             let logprobs = prepared.options.logprobs.is_some();
+            // A non-streamed answer gets its log-probabilities from the outcome, not pieces.
+            let piece_probs = logprobs && prepared.stream;
             let panic_here = self.panic_at.as_deref() == Some(prepared.turn.text.as_str());
             let mut stalled = false;
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -481,7 +483,14 @@ impl Worker {
                         }
                         match send_within(
                             &events,
-                            Event::Piece(piece.to_string(), probs.to_vec()),
+                            Event::Piece(
+                                piece.to_string(),
+                                if piece_probs {
+                                    probs.to_vec()
+                                } else {
+                                    Vec::new()
+                                },
+                            ),
                             self.stall,
                         ) {
                             Ok(()) => true,

@@ -121,9 +121,7 @@ pub(super) fn run(
 
 /// The chosen token's log-probability under `logits` and the `k` most likely tokens.
 fn scored(model: &Model, logits: &[f32], token: i32, k: usize) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    let norm = max + sum.ln() as f32;
+    let norm = crate::math::log_sum_exp(logits);
     let choice = |t: usize| TokenChoice {
         token: t as i32,
         bytes: piece(model, t as i32),
