@@ -29,7 +29,7 @@
 //!
 //! Layers, each using only the ones below it: the command line and [`serve`]; [`eval`],
 //! [`calibrate`], [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`];
-//! [`engine`] and [`template`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
+//! [`engine`], [`template`] and [`tools`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
 //! [`media`], [`gguf`], [`identity`], [`quant`], [`clock`], [`data`], [`settings`],
 //! [`sampling`], [`progress`] and the FNV-1a hash. All `unsafe` code is in [`ffi`]. Without the
 //! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
@@ -72,6 +72,7 @@ pub mod settings;
 pub mod steer;
 #[cfg(feature = "llama")]
 pub mod template;
+pub mod tools;
 pub mod vectors;
 
 #[cfg(feature = "llama")]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::ffi::{self, Model, Mtmd};
 use crate::media::Image;
+use crate::tools::{Tool, ToolCall, ToolFormat};
 
 /// Which template source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +67,10 @@ struct Jinja {
     typed_content: bool,
     /// The template has no system role; system text is merged into the next message.
     merge_system: bool,
+    /// How its model writes tool calls (`None`: it does not render tools).
+    tool_format: Option<ToolFormat>,
+    /// It reads a tool call's arguments as an object (`| tojson`), not as JSON text.
+    object_arguments: bool,
 }
 
 impl ChatTemplate {
@@ -85,17 +90,33 @@ impl ChatTemplate {
             Kind::Builtin(source.unwrap_or_else(|| "chatml".into()))
         };
         let t = Self { kind };
-        t.render(&[Message {
-            role: Role::User,
-            text: "hi".into(),
-            images: Vec::new(),
-        }])?;
+        t.render(&[Message::new(Role::User, "hi")])?;
         Ok(t)
     }
 
     /// The prompt for `messages`, ending with the assistant's prefix. Images of a message go
     /// where its text has the media marker, else before the text.
     pub fn render(&self, messages: &[Message]) -> Result<String> {
+        self.render_with_tools(messages, &[])
+    }
+
+    /// How the model writes tool calls, when the template shows it tools (a Jinja template
+    /// that renders the `tools` it is given); `None`: tools cannot be offered.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        match &self.kind {
+            Kind::Builtin(_) => None,
+            Kind::Jinja(j) => j.tool_format,
+        }
+    }
+
+    /// [`ChatTemplate::render`] with `tools` offered to the model; tools need a template with
+    /// a [`ChatTemplate::tool_format`].
+    pub fn render_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<String> {
+        if !tools.is_empty() && self.tool_format().is_none() {
+            return Err(Error::Template(
+                "this chat template does not show the model tools: render the model's own template with --jinja, or give one that takes tools with --chat-template-file".into(),
+            ));
+        }
         match &self.kind {
             Kind::Builtin(source) => {
                 let pairs: Vec<(String, String)> = messages
@@ -109,7 +130,7 @@ impl ChatTemplate {
                     e => e,
                 })
             }
-            Kind::Jinja(j) => j.render(messages),
+            Kind::Jinja(j) => j.render(messages, tools),
         }
     }
 }
@@ -139,6 +160,7 @@ impl Jinja {
         env.add_function("strftime_now", |fmt: String| {
             strftime(&fmt, crate::clock::now_utc())
         });
+        let format = ToolFormat::of_template(&source);
         env.add_template_owned("chat", source)
             .map_err(|e| Error::Template(format!("the template does not parse: {e:#}")))?;
         let token_text = |t: Option<i32>| {
@@ -153,23 +175,17 @@ impl Jinja {
             add_eos: model.add_eos(),
             typed_content: false,
             merge_system: false,
+            tool_format: None,
+            object_arguments: false,
         };
         // What the template accepts, found by rendering probes (as llama.cpp does).
         let probe = |j: &Jinja, sys: bool| {
             let mut msgs = Vec::new();
             if sys {
-                msgs.push(Message {
-                    role: Role::System,
-                    text: "<<system probe>>".into(),
-                    images: Vec::new(),
-                });
+                msgs.push(Message::new(Role::System, "<<system probe>>"));
             }
-            msgs.push(Message {
-                role: Role::User,
-                text: "<<user probe>>".into(),
-                images: Vec::new(),
-            });
-            j.render_raw(&msgs).ok()
+            msgs.push(Message::new(Role::User, "<<user probe>>"));
+            j.render_raw(&msgs, &[]).ok()
         };
         if !probe(&j, false).is_some_and(|o| o.contains("<<user probe>>")) {
             j.typed_content = true;
@@ -182,11 +198,40 @@ impl Jinja {
         if !probe(&j, true).is_some_and(|o| o.contains("<<system probe>>")) {
             j.merge_system = true;
         }
+        j.probe_tools(format);
         Ok(j)
     }
 
-    fn render(&self, messages: &[Message]) -> Result<String> {
-        let mut out = self.render_raw(messages)?;
+    /// Whether the template renders tools and how it reads a call's arguments, found by
+    /// rendering probes (as llama.cpp does).
+    fn probe_tools(&mut self, format: ToolFormat) {
+        let tool = Tool {
+            name: "cmrm_probe_tool".into(),
+            description: Some("A probe.".into()),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        };
+        let user = Message::new(Role::User, "<<user probe>>");
+        let shows_tools = self
+            .render_raw(std::slice::from_ref(&user), std::slice::from_ref(&tool))
+            .is_ok_and(|o| o.contains("cmrm_probe_tool"));
+        if !shows_tools {
+            return;
+        }
+        self.tool_format = Some(format);
+        let mut call = Message::new(Role::Assistant, "");
+        call.tool_calls.push(ToolCall {
+            id: "call_0".into(),
+            name: "cmrm_probe_tool".into(),
+            arguments: r#"{"probe": 1}"#.into(),
+        });
+        let msgs = [user, call, Message::new(Role::User, "again")];
+        let as_text = self.render_raw(&msgs, std::slice::from_ref(&tool));
+        // A template that writes the text JSON-escaped (`"{\"probe\"`) wants an object.
+        self.object_arguments = !as_text.is_ok_and(|o| o.contains(r#"{"probe": 1}"#));
+    }
+
+    fn render(&self, messages: &[Message], tools: &[Tool]) -> Result<String> {
+        let mut out = self.render_raw(messages, tools)?;
         if self.add_bos && !self.bos.is_empty() && out.starts_with(&self.bos) {
             out.drain(..self.bos.len());
         }
@@ -196,8 +241,8 @@ impl Jinja {
         Ok(out)
     }
 
-    fn render_raw(&self, messages: &[Message]) -> Result<String> {
-        let mut list: Vec<(Role, String)> = Vec::new();
+    fn render_raw(&self, messages: &[Message], tools: &[Tool]) -> Result<String> {
+        let mut list: Vec<(&Message, String)> = Vec::new();
         let mut pending_system: Option<String> = None;
         for m in messages {
             let text = with_markers(m);
@@ -206,16 +251,18 @@ impl Jinja {
                 continue;
             }
             match pending_system.take() {
-                Some(sys) => list.push((m.role, format!("{sys}\n{text}"))),
-                None => list.push((m.role, text)),
+                Some(sys) => list.push((m, format!("{sys}\n{text}"))),
+                None => list.push((m, text)),
             }
         }
+        let system_only;
         if let Some(sys) = pending_system {
-            list.push((Role::User, sys));
+            system_only = Message::new(Role::User, "");
+            list.push((&system_only, sys));
         }
         let msgs: Vec<minijinja::Value> = list
             .iter()
-            .map(|(role, text)| {
+            .map(|(m, text)| {
                 let content = if self.typed_content {
                     minijinja::Value::from(minijinja::value::Serde(vec![
                         serde_json::json!({"type": "text", "text": text}),
@@ -223,9 +270,20 @@ impl Jinja {
                 } else {
                     minijinja::Value::from(text.as_str())
                 };
-                minijinja::context! { role => role.as_str(), content => content }
+                let mut msg = serde_json::Map::new();
+                msg.insert("role".into(), m.role.as_str().into());
+                if !m.tool_calls.is_empty() {
+                    msg.insert("tool_calls".into(), self.calls_json(&m.tool_calls));
+                }
+                if let Some(id) = &m.tool_call_id {
+                    msg.insert("tool_call_id".into(), id.as_str().into());
+                }
+                let fields = minijinja::Value::from(minijinja::value::Serde(msg));
+                // Content stays a template value (typed parts or text) beside the JSON fields.
+                minijinja::context! { content => content, ..fields }
             })
             .collect();
+        let tools: Vec<serde_json::Value> = tools.iter().map(Tool::to_openai).collect();
         let now = crate::clock::now_utc();
         let tmpl = self
             .env
@@ -233,6 +291,7 @@ impl Jinja {
             .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => msgs,
+            tools => if tools.is_empty() { minijinja::Value::UNDEFINED } else { minijinja::Value::from(minijinja::value::Serde(tools)) },
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
             add_generation_prompt => true,
@@ -241,6 +300,27 @@ impl Jinja {
             datetime => strftime("%b %d %Y", now).unwrap_or_default(),
         })
         .map_err(|e| Error::Template(format!("the template failed to render: {e:#}")))
+    }
+}
+
+impl Jinja {
+    /// A message's tool calls as OpenAI writes them, the arguments an object where the
+    /// template wants one (and they parse).
+    fn calls_json(&self, calls: &[ToolCall]) -> serde_json::Value {
+        calls
+            .iter()
+            .map(|c| {
+                let arguments = match serde_json::from_str::<serde_json::Value>(&c.arguments) {
+                    Ok(v) if self.object_arguments => v,
+                    _ => serde_json::Value::from(c.arguments.as_str()),
+                };
+                serde_json::json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": arguments},
+                })
+            })
+            .collect()
     }
 }
 
@@ -322,12 +402,29 @@ pub fn with_markers(m: &Message) -> String {
 /// A message of a conversation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// Who wrote it.
     pub role: Role,
     /// The text; images stand where it has media markers.
     pub text: String,
     /// The images of the message.
     pub images: Vec<Image>,
+    /// An assistant message's tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message's call (the id of the call it answers).
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message of `role` with `text`, no images and no tool calls.
+    pub fn new(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            text: text.into(),
+            images: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// Who wrote a message.
@@ -340,6 +437,8 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// A tool's result, answering one of the model's calls.
+    Tool,
 }
 
 impl Role {
@@ -349,6 +448,7 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }

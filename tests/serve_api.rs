@@ -1,6 +1,7 @@
 //! llama-server's extensions that clients of a llama.cpp server rely on, on a real `cmrm serve`
-//! over loopback: `/tokenize` and `/detokenize` round trips, `/props`, and the top-level
-//! `grammar` and `json_schema` fields constraining the answer.
+//! over loopback: `/tokenize` and `/detokenize` round trips, `/props`, the top-level `grammar`
+//! and `json_schema` fields constraining the answer, and tool calls through the model's own
+//! chat template (`/apply-template`, the official `openai` client).
 
 mod common;
 #[path = "common/server.rs"]
@@ -172,4 +173,115 @@ fn grammar_and_json_schema_constrain_the_answer() {
     // The server still answers.
     let (st, b) = ask(json!({}));
     assert_eq!((st, content(&b)), (200, content(&free)));
+}
+
+/// A weather tool, as OpenAI's clients declare it.
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+            "required": ["city"]}}})
+}
+
+#[test]
+fn tools_go_through_the_models_own_template_and_calls_come_back_as_openai_clients_read_them() {
+    let qwen = common::fixture("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let tower = common::fixture("mmproj-qwen-synthetic.gguf");
+    let server = Server::start_model(&qwen, &tower, &["-c", "2048", "--max-tokens", "64"], &[]);
+    let (st, props) = get(&server.url("/props"), None);
+    assert_eq!(st, 200);
+    let props: Value = serde_json::from_str(&props).unwrap();
+    assert_eq!(
+        props["chat_template_caps"]["supports_tools"], true,
+        "{props}"
+    );
+    assert_eq!(props["chat_template_caps"]["tool_call_format"], "hermes");
+    // The conversation with a call and its result, rendered by Qwen2.5's own template as
+    // Hugging Face renders it: the tool's JSON in the system prompt, the call's arguments as
+    // an object, the result in <tool_response>.
+    let conversation = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C and sunny"},
+    ]);
+    let (st, b) = post(
+        &server.url("/apply-template"),
+        None,
+        &body(json!({"messages": conversation, "tools": [weather_tool()]})),
+    );
+    assert_eq!(st, 200, "{b}");
+    let prompt = b["prompt"].as_str().unwrap();
+    for want in [
+        "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Get the current weather in a city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</tools>",
+        "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n18 C and sunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+    ] {
+        assert!(prompt.contains(want), "{want:?} not in the prompt:\n{prompt}");
+    }
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    // The official client: required and named calls, streamed and not, a result sent back.
+    let out = std::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_tools.py"))
+        .arg(&server.base)
+        .output()
+        .expect("run python3 (scripts/setup.sh installs the openai package)");
+    assert!(
+        out.status.success(),
+        "openai tools client: {}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log.lock().unwrap()
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    // Mistakes get 400s that name the field.
+    let chat = server.url("/v1/chat/completions");
+    let ask = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            "tools": [weather_tool()], "max_tokens": 8});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        post(&chat, None, &body(b))
+    };
+    let (st, b) =
+        ask(json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}));
+    assert_error(st, &b, 400, "not among the request's tools");
+    let (st, b) = ask(json!({"tool_choice": "required", "json_schema": {"type": "object"}}));
+    assert_error(st, &b, 400, "required tool call");
+    let (st, b) = ask(json!({"messages": [{"role": "user", "content": "Hi"},
+        {"role": "tool", "content": "42"}]}));
+    assert_error(st, &b, 400, "tool_call_id");
+    let (st, b) = ask(json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]}));
+    assert_error(st, &b, 400, "tools[0]");
+}
+
+#[test]
+fn a_template_that_takes_no_tools_refuses_them_by_name() {
+    // SmolLM2's template renders no tools.
+    let server = Server::start(&["-c", "512", "--max-tokens", "8"]);
+    let (_, props) = get(&server.url("/props"), None);
+    let props: Value = serde_json::from_str(&props).unwrap();
+    assert_eq!(
+        props["chat_template_caps"]["supports_tools"], false,
+        "{props}"
+    );
+    let (st, b) = post(
+        &server.url("/v1/chat/completions"),
+        None,
+        &body(
+            json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            "tools": [weather_tool()]}),
+        ),
+    );
+    assert_error(st, &b, 400, "--chat-template-file");
+    // tool_choice "none" asks for no tools: answered.
+    let (st, b) = post(
+        &server.url("/v1/chat/completions"),
+        None,
+        &body(
+            json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            "tools": [weather_tool()], "tool_choice": "none"}),
+        ),
+    );
+    assert_eq!(st, 200, "{b}");
 }

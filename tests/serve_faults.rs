@@ -309,9 +309,9 @@ fn requests_are_checked_field_by_field_as_openai_does() {
     let (st, b) = post(&chat, None, &serde_json::to_vec(&msg).unwrap());
     assert_error(st, &b, 400, "messages[0].contnet");
     // Documented but not implemented: refused, naming the field.
-    let tools = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
-    let (st, b) = post(&chat, None, &text_body("Hi.", tools));
-    assert_error(st, &b, 400, "tools is not supported");
+    let functions = json!({"functions": [{"name": "f"}]});
+    let (st, b) = post(&chat, None, &text_body("Hi.", functions));
+    assert_error(st, &b, 400, "functions is not supported");
     // Informational fields pass.
     let info = json!({"user": "u-1", "metadata": {"k": "v"}, "store": false,
         "service_tier": "auto", "tools": null, "messages": [

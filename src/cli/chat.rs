@@ -93,6 +93,7 @@ impl Chat<'_, '_> {
             text: text.to_string(),
             images,
             steering: None,
+            tool_call_id: None,
         };
         let mut out = std::io::stdout().lock();
         let g = self.session.send(&turn, &self.generate, &mut |piece| {

@@ -75,7 +75,6 @@ const INFORMATIONAL: &[&str] = &[
     "service_tier",
     "prompt_cache_key",
     "safety_identifier",
-    "parallel_tool_calls",
     "reasoning_effort",
     "verbosity",
     "cache_prompt",
@@ -84,8 +83,6 @@ const INFORMATIONAL: &[&str] = &[
 /// Documented fields cmrm does not implement: refused unless empty (null, false, `[]`, or
 /// `modalities: ["text"]`).
 const UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "audio",
@@ -168,6 +165,15 @@ pub struct ChatRequest {
     /// Token biases, `{"token id": bias}`.
     #[serde(default)]
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Functions the model may call (OpenAI's `tools`).
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// `none`, `auto`, `required` or one function.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// More than one tool call in an answer (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     /// CMRM for this request.
     #[serde(default)]
     pub cmrm: Option<CmrmRequest>,
@@ -207,16 +213,16 @@ impl ChatRequest {
             for (k, v) in &m.other {
                 match k.as_str() {
                     "name" | "refusal" => {}
-                    "tool_calls" | "tool_call_id" | "function_call" | "audio"
+                    "function_call" | "audio"
                         if v.is_null() || v.as_array().is_some_and(Vec::is_empty) => {}
-                    "tool_calls" | "tool_call_id" | "function_call" | "audio" => {
+                    "function_call" | "audio" => {
                         return Err(ApiError::invalid(format!(
                             "messages[{i}].{k} is not supported by cmrm serve: leave it out of the message"
                         )))
                     }
                     _ => {
                         return Err(ApiError::invalid(format!(
-                            "Unrecognized request argument supplied: messages[{i}].{k} (a message has role, content and name; remove it)"
+                            "Unrecognized request argument supplied: messages[{i}].{k} (a message has role, content, name, tool_calls and tool_call_id; remove it)"
                         )))
                     }
                 }
@@ -247,11 +253,17 @@ pub struct StreamOptions {
 /// A message of the request.
 #[derive(Debug, Deserialize)]
 pub struct RequestMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     /// A string, a list of parts, or null.
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    /// A tool message's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
     /// Every other field (`name` is accepted and ignored).
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,

@@ -26,6 +26,7 @@ use super::slots::{conversation_keys, Canceller, Event, Outcome, Pool};
 use super::{props, tokens};
 use crate::sampling::SamplingParams;
 use crate::session::{SteerOverride, StopReason, TokenChoice, TokenLogprob};
+use crate::tools::{ToolCall, ToolEvent, ToolStream};
 
 /// What the handlers share.
 pub struct Shared {
@@ -76,6 +77,7 @@ pub fn router(shared: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
+        .route("/apply-template", post(tokens::apply_template))
         .route("/props", get(props::props))
         .route("/slots", get(props::slots))
         .route("/v1/chat/completions", post(chat))
@@ -344,7 +346,7 @@ pub(super) async fn read_body(app: &Shared, body: Body) -> Result<Bytes, ApiErro
 /// --max-request-bytes, for 2 s at most), so that the client reads the refusal: a connection
 /// closed with bytes unread is reset, and a client still sending its body would see the reset
 /// instead of the 401, 403, 415 or 503.
-async fn discard_body(app: &Shared, body: Body) {
+pub(super) async fn discard_body(app: &Shared, body: Body) {
     let mut chunks = body.into_data_stream();
     let mut left = app.max_request_bytes;
     let drain = async {
@@ -381,8 +383,14 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
         ));
     }
     let shared = app.clone();
+    let tool_format = app.engine.template().tool_format();
     let prepared = tokio::task::spawn_blocking(move || {
-        prepare(parsed, &shared.limits, &shared.metrics.images_decoded)
+        prepare(
+            parsed,
+            &shared.limits,
+            &shared.metrics.images_decoded,
+            tool_format,
+        )
     })
     .await
     .map_err(|_| ApiError::new(500, "server_error", "preparing the request failed"))??;
@@ -390,11 +398,14 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     let model = prepared.model.clone().unwrap_or_else(|| app.model.clone());
     let (stream, include_usage) = (prepared.stream, prepared.include_usage);
     let logprobs = prepared.options.logprobs.is_some();
+    let id = format!("chatcmpl-{}", random_id());
+    let calls = prepared
+        .tool_format
+        .map(|f| ToolStream::new(f, format!("call_{}", &id[9..33])));
     let lease = app.pool.acquire(place, &keys, app.timeout).await?;
     let (tx, mut rx) = mpsc::channel(EVENTS);
     let guard = CancelOnDrop(Some(lease.canceller()));
     app.pool.submit(lease, prepared, tx)?;
-    let id = format!("chatcmpl-{}", random_id());
     let created = now();
     if !stream {
         loop {
@@ -404,7 +415,10 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
                     guard.disarm();
                     drop(lease);
                     let out = (*out)?;
-                    return Ok(Json(completion(&id, created, &model, &out)).into_response());
+                    let answer = Answer::of(&out.text, calls);
+                    return Ok(
+                        Json(completion(&id, created, &model, &out, &answer)).into_response()
+                    );
                 }
                 None => return Err(ApiError::new(500, "server_error", "the slot stopped")),
             }
@@ -429,6 +443,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
         model,
         include_usage,
         logprobs,
+        calls,
     };
     let head = stream::iter(vec![Ok::<_, Infallible>(
         Sse::default().data(
@@ -438,7 +453,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     )]);
     let events = stream::unfold(
         (Some(first), rx, ctx, guard, false),
-        |(pending, mut rx, ctx, guard, done)| async move {
+        |(pending, mut rx, mut ctx, guard, done)| async move {
             if done {
                 return None;
             }
@@ -448,11 +463,23 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
             };
             let items: Vec<Sse> = match ev {
                 Some(Event::Piece(p, probs)) => {
-                    let mut chunk = ctx.chunk(json!({"content": p}), None);
-                    if ctx.logprobs {
-                        chunk["choices"][0]["logprobs"] = logprobs_field(&probs);
+                    let mut deltas = ctx.deltas(&p);
+                    // The log-probabilities go with the piece's first delta, or alone while
+                    // a tool call is held.
+                    if ctx.logprobs && deltas.is_empty() {
+                        deltas.push(json!({"content": ""}));
                     }
-                    vec![Sse::default().data(chunk.to_string())]
+                    deltas
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            let mut chunk = ctx.chunk(d, None);
+                            if ctx.logprobs && i == 0 {
+                                chunk["choices"][0]["logprobs"] = logprobs_field(&probs);
+                            }
+                            Sse::default().data(chunk.to_string())
+                        })
+                        .collect()
                 }
                 Some(Event::Done(out, lease)) => {
                     guard.disarm();
@@ -460,7 +487,17 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
                     let mut v = Vec::new();
                     match *out {
                         Ok(o) => {
-                            let mut last = ctx.chunk(json!({}), Some(finish_reason(o.stop)));
+                            let rest = ctx.finish();
+                            for d in rest {
+                                v.push(Sse::default().data(ctx.chunk(d, None).to_string()));
+                            }
+                            let called = ctx.calls.as_ref().is_some_and(|c| c.n_calls() > 0);
+                            let reason = if called {
+                                "tool_calls"
+                            } else {
+                                finish_reason(o.stop)
+                            };
+                            let mut last = ctx.chunk(json!({}), Some(reason));
                             last["cmrm"] = cmrm_field(&o.applied);
                             v.push(Sse::default().data(last.to_string()));
                             if ctx.include_usage {
@@ -504,9 +541,35 @@ struct ChunkCtx {
     include_usage: bool,
     /// Chunks carry their tokens' log-probabilities.
     logprobs: bool,
+    /// The reader of tool calls, when tools are offered.
+    calls: Option<ToolStream>,
 }
 
 impl ChunkCtx {
+    /// The deltas a piece of the answer gives: its text, or the tool calls it completes.
+    fn deltas(&mut self, piece: &str) -> Vec<Value> {
+        match &mut self.calls {
+            None => vec![json!({"content": piece})],
+            Some(s) => {
+                let events = s.push(piece);
+                let before = s.n_calls() - count_calls(&events);
+                tool_deltas(events, before)
+            }
+        }
+    }
+
+    /// The deltas of what the tool-call reader still holds at the end.
+    fn finish(&mut self) -> Vec<Value> {
+        match &mut self.calls {
+            None => Vec::new(),
+            Some(s) => {
+                let events = s.finish();
+                let before = s.n_calls() - count_calls(&events);
+                tool_deltas(events, before)
+            }
+        }
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
         json!({
             "id": self.id,
@@ -540,7 +603,82 @@ fn timings(o: &Outcome) -> Value {
     })
 }
 
-fn completion(id: &str, created: u64, model: &str, o: &Outcome) -> Value {
+fn count_calls(events: &[ToolEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, ToolEvent::Call(_)))
+        .count()
+}
+
+/// Streamed deltas of `events`, the first call being the answer's call number `first`.
+fn tool_deltas(events: Vec<ToolEvent>, first: usize) -> Vec<Value> {
+    let mut index = first;
+    events
+        .into_iter()
+        .map(|e| match e {
+            ToolEvent::Text(t) => json!({"content": t}),
+            ToolEvent::Call(c) => {
+                let mut call = call_json(&c);
+                call["index"] = json!(index);
+                index += 1;
+                json!({"tool_calls": [call]})
+            }
+        })
+        .collect()
+}
+
+/// A tool call as OpenAI writes it.
+fn call_json(c: &ToolCall) -> Value {
+    json!({
+        "id": c.id,
+        "type": "function",
+        "function": {"name": c.name, "arguments": c.arguments},
+    })
+}
+
+/// A whole answer's text and tool calls.
+struct Answer {
+    text: Option<String>,
+    calls: Vec<ToolCall>,
+}
+
+impl Answer {
+    /// `text` read for tool calls when `calls` reads them.
+    fn of(text: &str, calls: Option<ToolStream>) -> Self {
+        let Some(mut s) = calls else {
+            return Self {
+                text: Some(text.to_string()),
+                calls: Vec::new(),
+            };
+        };
+        let mut events = s.push(text);
+        events.extend(s.finish());
+        let mut out = String::new();
+        let mut calls = Vec::new();
+        for e in events {
+            match e {
+                ToolEvent::Text(t) => out.push_str(&t),
+                ToolEvent::Call(c) => calls.push(c),
+            }
+        }
+        Self {
+            // OpenAI's content is null beside tool calls when there is no text.
+            text: (calls.is_empty() || !out.is_empty()).then_some(out),
+            calls,
+        }
+    }
+}
+
+fn completion(id: &str, created: u64, model: &str, o: &Outcome, answer: &Answer) -> Value {
+    let mut message = json!({"role": "assistant", "content": answer.text});
+    if !answer.calls.is_empty() {
+        message["tool_calls"] = answer.calls.iter().map(call_json).collect();
+    }
+    let reason = if answer.calls.is_empty() {
+        finish_reason(o.stop)
+    } else {
+        "tool_calls"
+    };
     json!({
         "id": id,
         "object": "chat.completion",
@@ -549,9 +687,9 @@ fn completion(id: &str, created: u64, model: &str, o: &Outcome) -> Value {
         "system_fingerprint": concat!("cmrm-", env!("CARGO_PKG_VERSION")),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": o.text},
+            "message": message,
             "logprobs": o.logprobs.as_deref().map_or(Value::Null, logprobs_field),
-            "finish_reason": finish_reason(o.stop),
+            "finish_reason": reason,
         }],
         "usage": o.usage,
         "timings": timings(o),

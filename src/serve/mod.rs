@@ -4,6 +4,7 @@
 //! needs no model and builds without the `llama` feature, for the fuzz targets.
 
 mod api;
+mod calls;
 mod parse;
 
 #[cfg(feature = "serve")]
@@ -24,6 +25,7 @@ mod slots;
 mod tokens;
 
 pub use api::{ApiError, ChatRequest, CmrmRequest};
+pub use calls::{ToolChoice, ToolRequest, MAX_TOOLS};
 #[cfg(feature = "serve")]
 pub use front::{run_front, FrontOptions, WORKER_ENV};
 pub use parse::{

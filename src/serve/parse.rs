@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::api::{ApiError, ChatRequest, Content, Part, StopField};
+use super::calls::{message_calls, tool_request, ToolRequest};
 use crate::sampling::SamplingParams;
 use crate::settings::SteerOverride;
+use crate::tools::ToolCall;
 
 /// Most stop strings in a request (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
@@ -45,6 +47,8 @@ pub enum Speaker {
     User,
     /// `assistant`.
     Assistant,
+    /// `tool`: a tool's result.
+    Tool,
 }
 
 /// A piece of a message's content.
@@ -63,10 +67,14 @@ pub struct ParsedMessage {
     pub speaker: Speaker,
     /// Its content, in order.
     pub pieces: Vec<Piece>,
+    /// An assistant message's tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message's call id.
+    pub tool_call_id: Option<String>,
 }
 
 /// A request checked and resolved against the server's settings; its last message is the
-/// user's.
+/// user's or a tool's.
 #[derive(Debug)]
 pub struct Parsed {
     /// The conversation, the user's last message included.
@@ -78,6 +86,8 @@ pub struct Parsed {
     pub constraint: Option<Constraint>,
     /// CMRM settings: the server's, with the request's `cmrm` object over them.
     pub steering: SteerOverride,
+    /// The tools offered to the model (`None`: none, or `tool_choice: "none"`).
+    pub tools: Option<ToolRequest>,
     /// Tokens generated at most.
     pub max_tokens: usize,
     /// Never stop at end-of-generation tokens.
@@ -117,6 +127,16 @@ pub fn check(
 ) -> Result<Parsed, ApiError> {
     req.check_fields()?;
     let constraint = constraint(&req)?;
+    let tools = tool_request(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    if constraint.is_some() && tools.as_ref().is_some_and(|t| t.forced().is_some()) {
+        return Err(ApiError::invalid(
+            "a required tool call and response_format, json_schema or grammar each constrain the answer: send one of them",
+        ));
+    }
     if let Some(n) = req.n.filter(|&n| n != 1) {
         return Err(ApiError::invalid(format!(
             "n = {n}: cmrm serve answers with one choice only; send n = 1 or leave it out"
@@ -134,11 +154,35 @@ pub fn check(
             "system" | "developer" => Speaker::System,
             "user" => Speaker::User,
             "assistant" => Speaker::Assistant,
+            "tool" => Speaker::Tool,
             other => {
                 return Err(ApiError::invalid(format!(
-                    "messages[{i}].role {other:?} is not system, developer, user or assistant"
+                    "messages[{i}].role {other:?} is not system, developer, user, assistant or tool"
                 )))
             }
+        };
+        let tool_calls = match &m.tool_calls {
+            None => Vec::new(),
+            Some(_) if speaker != Speaker::Assistant => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].tool_calls: only assistant messages carry tool calls"
+                )))
+            }
+            Some(v) => message_calls(i, v)?,
+        };
+        let tool_call_id = match (speaker, m.tool_call_id) {
+            (Speaker::Tool, Some(id)) => Some(id),
+            (Speaker::Tool, None) => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}]: a tool message needs the tool_call_id of the call it answers"
+                )))
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "messages[{i}].tool_call_id: only tool messages answer a call"
+                )))
+            }
+            (_, None) => None,
         };
         let pieces = match m.content {
             None => Vec::new(),
@@ -168,11 +212,19 @@ pub fn check(
                 pieces
             }
         };
-        messages.push(ParsedMessage { speaker, pieces });
+        messages.push(ParsedMessage {
+            speaker,
+            pieces,
+            tool_calls,
+            tool_call_id,
+        });
     }
-    if messages.last().map(|m| m.speaker) != Some(Speaker::User) {
+    if !matches!(
+        messages.last().map(|m| m.speaker),
+        Some(Speaker::User | Speaker::Tool)
+    ) {
         return Err(ApiError::invalid(
-            "the last message must be the user's (cmrm serve does not continue an assistant message)",
+            "the last message must be the user's or a tool's result (cmrm serve does not continue an assistant message)",
         ));
     }
     let has_image = messages
@@ -269,6 +321,7 @@ pub fn check(
         sampling: p,
         constraint,
         steering,
+        tools,
         max_tokens,
         ignore_eos: req.ignore_eos,
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),

@@ -15,6 +15,7 @@ use crate::settings::SteerOverride;
 pub(super) async fn props(State(app): State<App>) -> Json<Value> {
     let s = &app.sampling;
     let model = app.engine.model();
+    let tools = app.engine.template().tool_format();
     Json(json!({
         "default_generation_settings": {
             "n_ctx": app.n_ctx,
@@ -37,6 +38,11 @@ pub(super) async fn props(State(app): State<App>) -> Json<Value> {
         "model_path": app.engine.options().model.display().to_string(),
         "model_alias": app.model,
         "chat_template": model.chat_template().unwrap_or_default(),
+        "chat_template_caps": {
+            "supports_tools": tools.is_some(),
+            "supports_tool_calls": tools.is_some(),
+            "tool_call_format": tools.map(|f| f.name()),
+        },
         "modalities": {"vision": app.vision, "audio": false},
         "build_info": format!(
             "cmrm {} (llama.cpp vendored by llama-cpp-sys-2 0.1.160)",

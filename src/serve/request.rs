@@ -11,6 +11,7 @@ use super::parse::{Constraint, Limits, Parsed, Piece, Speaker};
 use crate::media::{self, Image};
 use crate::sampling::Sampling;
 use crate::session::{GenerateOptions, Message, Role, Turn};
+use crate::tools::{Tool, ToolFormat};
 
 /// A request made ready for a slot.
 pub struct Prepared {
@@ -20,6 +21,10 @@ pub struct Prepared {
     pub turn: Turn,
     /// How to answer.
     pub options: GenerateOptions,
+    /// Tools offered to the model.
+    pub tools: Vec<Tool>,
+    /// How the model writes tool calls, when tools are offered.
+    pub tool_format: Option<ToolFormat>,
     /// Stream the answer.
     pub stream: bool,
     /// Send the usage in a last streamed chunk.
@@ -29,8 +34,24 @@ pub struct Prepared {
 }
 
 /// Fetches and decodes the images of a parsed request (each decoded image counted in
-/// `decoded`), and turns it into a turn with its options.
-pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<Prepared, ApiError> {
+/// `decoded`), and turns it into a turn with its options; `tool_format` is how the chat
+/// template's model writes tool calls (`None`: the template takes no tools).
+pub fn prepare(
+    parsed: Parsed,
+    limits: &Limits,
+    decoded: &AtomicU64,
+    tool_format: Option<ToolFormat>,
+) -> Result<Prepared, ApiError> {
+    let tools = parsed.tools.as_ref();
+    let format = match (tools, tool_format) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(f),
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "tools: this model's chat template does not show the model tools; serve it with --jinja (the default) and its own template, or give a template that takes tools with --chat-template-file, or leave tools out",
+            ))
+        }
+    };
     let marker = crate::ffi::Mtmd::marker();
     let mut messages = Vec::with_capacity(parsed.messages.len());
     for (i, m) in parsed.messages.into_iter().enumerate() {
@@ -38,6 +59,7 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
             Speaker::System => Role::System,
             Speaker::User => Role::User,
             Speaker::Assistant => Role::Assistant,
+            Speaker::Tool => Role::Tool,
         };
         let mut text = String::new();
         let mut images = Vec::new();
@@ -66,7 +88,12 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
                 }
             }
         }
-        messages.push(Message { role, text, images });
+        messages.push(Message {
+            images,
+            tool_calls: m.tool_calls,
+            tool_call_id: m.tool_call_id,
+            ..Message::new(role, text)
+        });
     }
     let last = messages
         .pop()
@@ -76,6 +103,7 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
         text: last.text,
         images: last.images,
         steering: Some(parsed.steering),
+        tool_call_id: last.tool_call_id,
     };
     let mut sampling = parsed.sampling;
     sampling.grammar = match parsed.constraint {
@@ -86,6 +114,14 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
                 .map_err(|e| ApiError::invalid(format!("the JSON schema: {e}")))?,
         ),
     };
+    if let (Some(t), Some(f)) = (tools, format) {
+        if let Some(forced) = t.forced() {
+            sampling.grammar = Some(
+                f.grammar(&forced, t.parallel)
+                    .map_err(|e| ApiError::invalid(format!("tools: a parameters schema: {e}")))?,
+            );
+        }
+    }
     Ok(Prepared {
         history: messages,
         turn,
@@ -96,6 +132,8 @@ pub fn prepare(parsed: Parsed, limits: &Limits, decoded: &AtomicU64) -> Result<P
             stop: parsed.stop,
             logprobs: parsed.logprobs,
         },
+        tools: parsed.tools.map(|t| t.tools).unwrap_or_default(),
+        tool_format: format,
         stream: parsed.stream,
         include_usage: parsed.include_usage,
         model: parsed.model,

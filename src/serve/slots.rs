@@ -471,6 +471,7 @@ impl Worker {
             let mut stalled = false;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 session.set_history(prepared.history);
+                session.set_tools(prepared.tools);
                 session.send_with_logprobs(
                     &prepared.turn,
                     &prepared.options,

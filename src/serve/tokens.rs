@@ -1,5 +1,5 @@
-//! llama-server's `/tokenize` and `/detokenize`: the served model's vocabulary, for clients
-//! that count or build prompts in tokens.
+//! llama-server's `/tokenize`, `/detokenize` and `/apply-template`: the served model's
+//! vocabulary and chat template, for clients that count or build prompts in tokens.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::ApiError;
-use super::http::{read_body, App};
+use super::http::{discard_body, read_body, App};
+use super::parse::parse;
+use super::request::prepare;
 
 /// `POST /tokenize` body (llama-server's fields and defaults).
 #[derive(Deserialize)]
@@ -124,4 +126,38 @@ async fn detokenize_inner(app: App, b: Body) -> Result<Value, ApiError> {
         Ok(json!({ "content": String::from_utf8_lossy(&bytes) }))
     })
     .await
+}
+
+/// `POST /apply-template`: `{"prompt": text}`, a chat request's conversation (with its tools)
+/// rendered by the chat template as the model would read it, images as media markers. It
+/// takes a queue place like a chat request while its images are read.
+pub(super) async fn apply_template(State(app): State<App>, b: Body) -> Response {
+    answer(apply_template_inner(app, b).await)
+}
+
+async fn apply_template_inner(app: App, b: Body) -> Result<Value, ApiError> {
+    let place = match app.pool.admit() {
+        Ok(p) => p,
+        Err(e) => {
+            discard_body(&app, b).await;
+            return Err(e);
+        }
+    };
+    let bytes = read_body(&app, b).await?;
+    let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
+    let prompt = blocking(move || {
+        let template = app.engine.template();
+        let p = prepare(
+            parsed,
+            &app.limits,
+            &app.metrics.images_decoded,
+            template.tool_format(),
+        )?;
+        let mut messages = p.history;
+        messages.push(p.turn.message());
+        Ok(template.render_with_tools(&messages, &p.tools)?)
+    })
+    .await?;
+    drop(place);
+    Ok(json!({ "prompt": prompt }))
 }

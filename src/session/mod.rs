@@ -28,6 +28,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::{Batched, Busy, Context, SharedHook};
 use crate::media::Image;
+use crate::tools::Tool;
 use prompt::{reusable, Cached, Key, Piece, Prompt};
 
 /// The main sequence of a session's context; steering probes use [`SCRATCH`].
@@ -104,6 +105,8 @@ pub struct Session<'e> {
     steering: Option<Box<dyn Steering + 'e>>,
     /// The conversation so far.
     history: Vec<Message>,
+    /// Tools offered to the model on the coming turns.
+    tools: Vec<Tool>,
     /// What the main sequence of the cache holds.
     cached: Vec<Cached>,
 }
@@ -136,6 +139,7 @@ impl<'e> Session<'e> {
             ctx,
             steering: options.steering,
             history: Vec::new(),
+            tools: Vec::new(),
             cached: Vec::new(),
         })
     }
@@ -154,6 +158,13 @@ impl<'e> Session<'e> {
     /// the new conversation shares with the old one.
     pub fn set_history(&mut self, messages: Vec<Message>) {
         self.history = messages;
+    }
+
+    /// Offers `tools` to the model on the coming turns (none: no tools), through the chat
+    /// template, which must take them ([`crate::template::ChatTemplate::tool_format`]); the
+    /// calls the model writes are read with [`crate::tools::ToolStream`].
+    pub fn set_tools(&mut self, tools: Vec<Tool>) {
+        self.tools = tools;
     }
 
     /// On a batched context, makes every step wait (within the gather window) for this
@@ -209,25 +220,20 @@ impl<'e> Session<'e> {
         let start = Instant::now();
         // On a batched context, steps wait for this session's decodes until the turn is over.
         let busy = self.ctx.busy();
-        let user = Message {
-            role: Role::User,
-            text: turn.text.clone(),
-            images: turn.images.clone(),
-        };
+        let user = turn.message();
         let mut messages = self.history.clone();
         let mut added = Vec::new();
         if messages.is_empty() {
             if let Some(system) = &turn.system {
-                added.push(Message {
-                    role: Role::System,
-                    text: system.clone(),
-                    images: Vec::new(),
-                });
+                added.push(Message::new(Role::System, system.clone()));
             }
         }
         added.push(user);
         messages.extend(added.iter().cloned());
-        let text = self.engine.template().render(&messages)?;
+        let text = self
+            .engine
+            .template()
+            .render_with_tools(&messages, &self.tools)?;
         let images: Vec<&Image> = messages.iter().flat_map(|m| &m.images).collect();
         let prompt = Prompt::new(self.engine, &text, &images)?;
 
@@ -509,11 +515,9 @@ impl Prefilled<'_, '_> {
             }
         };
         session.history.append(&mut self.added);
-        session.history.push(Message {
-            role: Role::Assistant,
-            text: text.clone(),
-            images: Vec::new(),
-        });
+        session
+            .history
+            .push(Message::new(Role::Assistant, text.clone()));
         Ok(Generation {
             text,
             tokens,
@@ -551,16 +555,11 @@ impl Probe for ScratchProbe<'_, '_> {
     fn prefill(&mut self, system: Option<&str>, text: &str, images: &[Image]) -> Result<()> {
         let mut messages = Vec::new();
         if let Some(s) = system {
-            messages.push(Message {
-                role: Role::System,
-                text: s.to_string(),
-                images: Vec::new(),
-            });
+            messages.push(Message::new(Role::System, s));
         }
         messages.push(Message {
-            role: Role::User,
-            text: text.to_string(),
             images: images.to_vec(),
+            ..Message::new(Role::User, text)
         });
         let rendered = self.engine.template().render(&messages)?;
         let refs: Vec<&Image> = images.iter().collect();

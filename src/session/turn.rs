@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::steering::{Applied, SteerOverride};
 use crate::media::Image;
 use crate::sampling::Sampling;
+use crate::template::{Message, Role};
 
 /// One user turn: text, images, an optional system message (used when the conversation starts)
 /// and optional steering settings for this turn only.
@@ -19,6 +20,9 @@ pub struct Turn {
     pub images: Vec<Image>,
     /// This turn's steering settings over the session's.
     pub steering: Option<SteerOverride>,
+    /// Set: the turn is a tool's result (role `tool`) answering the model's call with this
+    /// id, and `text` is the result.
+    pub tool_call_id: Option<String>,
 }
 
 impl Turn {
@@ -27,6 +31,20 @@ impl Turn {
         Self {
             text: text.into(),
             ..Self::default()
+        }
+    }
+
+    /// The message this turn adds to a conversation: the user's, or a tool's result.
+    pub fn message(&self) -> Message {
+        let role = if self.tool_call_id.is_some() {
+            Role::Tool
+        } else {
+            Role::User
+        };
+        Message {
+            images: self.images.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            ..Message::new(role, self.text.clone())
         }
     }
 

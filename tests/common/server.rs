@@ -30,14 +30,19 @@ impl Server {
     /// Starts `cmrm serve` with `extra` flags and `env` variables. The binary is the one cargo
     /// built, or `$CMRM_TEST_BIN` (to run a test against another build, e.g. an older one).
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_model(&model(), &mmproj(), extra, env)
+    }
+
+    /// [`Server::start_with`] on another model and projector.
+    pub fn start_model(model: &Path, mmproj: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = std::env::var_os("CMRM_TEST_BIN").unwrap_or_else(|| bin().into());
         let mut child = Command::new(bin)
             .args([
                 "serve",
                 "-m",
-                s(&model()),
+                s(model),
                 "--mmproj",
-                s(&mmproj()),
+                s(mmproj),
                 "-t",
                 "2",
                 "--port",

@@ -29,7 +29,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(p.stop.len() <= MAX_STOP);
                 assert!(p.logprobs.map_or(true, |k| k <= 20));
                 assert!(p.stop.iter().all(|s| !s.is_empty() && s.len() <= MAX_STOP_BYTES));
-                assert_eq!(p.messages.last().map(|m| m.speaker), Some(Speaker::User));
+                assert!(matches!(
+                    p.messages.last().map(|m| m.speaker),
+                    Some(Speaker::User | Speaker::Tool)
+                ));
+                assert!(p.tools.as_ref().map_or(true, |t| !t.tools.is_empty()
+                    && t.tools.len() <= cmrm::serve::MAX_TOOLS));
                 let images = p
                     .messages
                     .iter()
