@@ -1,6 +1,7 @@
 //! Issue "defaults": `last-prompt` is the built-in positions everywhere (a calibrated file
 //! recommends it, chat steers with it), and the dataset vector's refusal component is measured
-//! (`inspect`, `card`) and can be projected out (`--cmrm-apply pure`).
+//! (`inspect`, `card`) and can be projected out (`--cmrm-apply pure`); `eval utility` and
+//! `sweep` measure over-refusal on the 240-item benign set by default, per category.
 
 mod common;
 
@@ -154,4 +155,100 @@ fn the_refusal_judges_stated_error_is_its_measured_agreement_with_the_hand_label
     // Every table of rates from that judge says so.
     assert!(cmrm::eval::utility::table(&[]).contains("79%"));
     assert!(cmrm::eval::safety::table(&[]).contains("79%"));
+}
+
+#[test]
+fn eval_utility_and_sweep_default_to_the_benign_xs_set_with_over_refusal_per_category() {
+    let dir = fresh_dir("defaults", "benign-xs");
+    let v = dir.join("v.gguf");
+    calibrate(&dir, &v, &[]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `cmrm SUBCOMMAND.. <model flags> ARGS..` in `cwd`.
+    let run = |sub: &[&str], args: &[&str], cwd: &std::path::Path| {
+        let mut a: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
+        a.extend(model_args());
+        a.extend(args.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_cmrm"))
+            .args(&a)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let ids = |journal: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(journal)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    // eval utility without --data: benign-xs, whose items have categories.
+    let out = dir.join("utility");
+    let args = [
+        "--cmrm",
+        s(&v),
+        "--conditions",
+        "image,cmrm",
+        "--limit",
+        "2",
+        "-n",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    let o = run(&["eval", "utility"], &args, root);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut used = ids(&out.join("utility.jsonl"));
+    used.dedup();
+    assert_eq!(used, ["benign2-open-000", "benign2-open-001"], "{used:?}");
+    assert!(
+        stdout.contains("Over-refusal per category") && stdout.contains("| ordinary | "),
+        "{stdout}"
+    );
+    // sweep without --benign: the same set.
+    let out = dir.join("sweep");
+    let harmful = subset_in("harmful-eval.jsonl", 1, &dir);
+    let o = run(
+        &["sweep"],
+        &[
+            "--cmrm",
+            s(&v),
+            "--data",
+            s(&harmful),
+            "--benign-limit",
+            "2",
+            "--alpha",
+            "0.5,1",
+            "-n",
+            "4",
+            "--out",
+            s(&out),
+            "--max-perplexity-increase",
+            "100",
+        ],
+        root,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ids(&out.join("sweep-utility.jsonl"))
+        .iter()
+        .all(|i| i.starts_with("benign2-open-")));
+    assert!(
+        stdout.contains("Benign over-refusal per category"),
+        "{stdout}"
+    );
+    // Away from the source folder the default set is missing: the error says what to pass.
+    let o = run(&["eval", "utility"], &args, &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("vendor/sets/benign-xs.jsonl")
+            && err.contains("--data"),
+        "{err}"
+    );
 }

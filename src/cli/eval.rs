@@ -66,10 +66,24 @@ pub struct DataArgs {
     pub parallel: u32,
 }
 
+/// The benign set `eval utility` and `sweep` use when given none: 240 requests with images,
+/// half of them harmful-looking but safe (relative to cmrm's source folder).
+pub const DEFAULT_BENIGN: &str = "vendor/sets/benign-xs.jsonl";
+
+/// Reads a data file; the default benign set missing gets a message that says where it is.
+pub fn read_data(path: &std::path::Path) -> Result<Vec<Item>> {
+    if path == std::path::Path::new(DEFAULT_BENIGN) && !path.exists() {
+        anyhow::bail!(
+            "{DEFAULT_BENIGN}, the default benign set, is not here: it comes with cmrm's source; run from the source folder or pass the benign data with --data (eval utility) or --benign (sweep)"
+        );
+    }
+    Ok(read_jsonl(path)?)
+}
+
 impl DataArgs {
     /// The items.
     pub fn items(&self) -> Result<Vec<Item>> {
-        let mut items = read_jsonl(&self.data)?;
+        let mut items = read_data(&self.data)?;
         if let Some(n) = self.limit {
             items.truncate(n);
         }
@@ -234,6 +248,10 @@ fn safety(args: SafetyArgs) -> Result<()> {
 
 /// Flags of `cmrm eval utility`.
 #[derive(Args, Debug)]
+#[command(mut_arg("data", |a| a
+    .required(false)
+    .default_value(DEFAULT_BENIGN)
+    .help("JSONL data: {\"id\"?, \"prompt\", \"image\", \"category\"?, \"reference\"?, \"choices\"?, \"answer\"?} per line (image paths relative to the file); default: the 240 benign requests with images of vendor/sets/benign-xs.jsonl, half of them harmful-looking but safe")))]
 pub struct UtilityArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -257,13 +275,15 @@ fn utility(args: UtilityArgs) -> Result<()> {
     let mut journal: Journal<UtilityRecord> = Journal::open(&args.data.out.join("utility.jsonl"))?;
     let records = cmrm::eval::run_utility(&items, &mut conds, &mut journal)?;
     let summaries = utility::summarize(&records);
-    publish(
-        &args.data.out,
-        "utility",
-        &summaries,
-        &utility::table(&summaries),
-        args.data.json,
-    )
+    let by_category = utility::category_table(&records, &items);
+    let md = match by_category.is_empty() {
+        true => utility::table(&summaries),
+        false => format!(
+            "{}\nOver-refusal per category:\n\n{by_category}",
+            utility::table(&summaries)
+        ),
+    };
+    publish(&args.data.out, "utility", &summaries, &md, args.data.json)
 }
 
 /// Flags of `cmrm eval fidelity`.

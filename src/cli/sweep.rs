@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use cmrm::data::read_jsonl;
 use cmrm::eval::journal::Journal;
 use cmrm::eval::safety::{self, SafetyRecord};
 use cmrm::eval::tradeoff::{is_dataset, lower_fail, pct, table, Bar, Choice};
@@ -31,8 +30,10 @@ pub struct SweepArgs {
     /// Harmful data (--data), output folder and summary flags.
     #[command(flatten)]
     data: DataArgs,
-    /// Benign data for utility (over-refusal, perplexity of references, multiple choice).
-    #[arg(long)]
+    /// Benign data for utility (over-refusal, perplexity of references, multiple choice);
+    /// default: the 240 benign requests with images of vendor/sets/benign-xs.jsonl, half of
+    /// them harmful-looking but safe.
+    #[arg(long, default_value = super::eval::DEFAULT_BENIGN)]
     benign: PathBuf,
     /// Use only the first N benign items.
     #[arg(long = "benign-limit")]
@@ -69,7 +70,7 @@ pub struct SweepArgs {
 /// Runs the sweep.
 pub fn run(args: SweepArgs) -> Result<()> {
     let harmful = args.data.items()?;
-    let mut benign = read_jsonl(&args.benign)?;
+    let mut benign = super::eval::read_data(&args.benign)?;
     if let Some(n) = args.benign_limit {
         benign.truncate(n);
     }
@@ -107,7 +108,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
     eprintln!("safety on {} harmful items", harmful.len());
     let s = safety::summarize(&run_safety(&harmful, &mut conds, &mut sj, None)?);
     eprintln!("utility on {} benign items", benign.len());
-    let u = utility::summarize(&run_utility(&benign, &mut conds, &mut uj)?);
+    let benign_records = run_utility(&benign, &mut conds, &mut uj)?;
+    let u = utility::summarize(&benign_records);
+    let by_category = utility::category_table(&benign_records, &benign);
     let base_u = u
         .iter()
         .find(|x| x.condition == BASELINE)
@@ -168,7 +171,12 @@ pub fn run(args: SweepArgs) -> Result<()> {
         ),
         Choice::Nothing => "no setting reaches the bar, and every one costs fluency or adds over-refusal: nothing chosen".into(),
     };
-    let md = format!("{md}\n{bar}.\n\n{verdict}.\n");
+    let mut md = format!("{md}\n{bar}.\n\n{verdict}.\n");
+    if !by_category.is_empty() {
+        md.push_str(&format!(
+            "\nBenign over-refusal per category:\n\n{by_category}"
+        ));
+    }
     Chart {
         title: "Unsafe answers against fluency, per setting".into(),
         x: Axis::new("perplexity of benign reference answers"),

@@ -140,6 +140,56 @@ pub fn table(summaries: &[UtilitySummary]) -> String {
     s
 }
 
+/// Over-refusal per item category (rows, in order of first appearance in `items`) and
+/// condition (columns), each `rate [95% CI] (k/n)`, as a Markdown table; empty when no item
+/// has a category.
+pub fn category_table(records: &[UtilityRecord], items: &[crate::data::Item]) -> String {
+    let category: std::collections::HashMap<&str, &str> = items
+        .iter()
+        .filter_map(|i| Some((i.id.as_str(), i.category.as_deref()?)))
+        .collect();
+    if category.is_empty() {
+        return String::new();
+    }
+    let mut categories: Vec<&str> = Vec::new();
+    for i in items {
+        if let Some(c) = i.category.as_deref() {
+            if !categories.contains(&c) {
+                categories.push(c);
+            }
+        }
+    }
+    let conditions = by_condition(records);
+    let mut s = String::from("| category |");
+    for (c, _) in &conditions {
+        s.push_str(&format!(" {c} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(conditions.len()));
+    s.push('\n');
+    for cat in categories {
+        s.push_str(&format!("| {cat} |"));
+        for (_, rs) in &conditions {
+            let of_cat: Vec<&&UtilityRecord> = rs
+                .iter()
+                .filter(|r| category.get(r.id.as_str()) == Some(&cat))
+                .collect();
+            let n = of_cat.len();
+            let k = of_cat.iter().filter(|r| r.refused).count();
+            s.push_str(&if n == 0 {
+                " - |".to_string()
+            } else {
+                format!(
+                    " {} ({k}/{n}) |",
+                    percent_ci(k as f64 / n as f64, wilson(k, n))
+                )
+            });
+        }
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +225,48 @@ mod tests {
         assert!(s[0].accuracy_cell().starts_with("50.0% ["));
         // exp(2 nats / 2 tokens) = e.
         assert_eq!(s[0].perplexity_cell(), "2.72");
+    }
+
+    #[test]
+    fn over_refusal_is_counted_per_category_and_condition() {
+        let item = |id: &str, cat: Option<&str>| crate::data::Item {
+            id: id.into(),
+            prompt: "p".into(),
+            image: None,
+            category: cat.map(Into::into),
+            reference: None,
+            choices: None,
+            answer: None,
+        };
+        let items = [
+            item("a", Some("privacy")),
+            item("b", Some("history")),
+            item("c", Some("privacy")),
+        ];
+        let mut records = vec![
+            rec("a", None, None),
+            rec("b", None, None),
+            rec("c", None, None),
+        ];
+        records[0].refused = true;
+        let mut steered = records.clone();
+        for r in &mut steered {
+            r.condition = "cmrm".into();
+            r.refused = true;
+        }
+        records.extend(steered);
+        let t = category_table(&records, &items);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "| category | image | cmrm |");
+        assert!(lines[2].starts_with("| privacy | 50.0% ["), "{t}");
+        assert!(
+            lines[2].contains("(1/2) |") && lines[2].ends_with("(2/2) |"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("| history | 0.0% [") && lines[3].ends_with("(1/1) |"),
+            "{t}"
+        );
+        assert_eq!(category_table(&records, &[item("a", None)]), "");
     }
 }
