@@ -15,6 +15,7 @@ use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::{Busy, LOCKSTEP};
+use crate::layer_vectors::LayerVectors;
 use crate::math;
 use crate::media::{Corruption, Image};
 use crate::progress::Progress;
@@ -236,7 +237,7 @@ fn per_layer(
     rows: &[&[f32]],
     n_layer: usize,
     reduce: impl Fn(&[&[f32]]) -> Vec<f32>,
-) -> Vec<Vec<f32>> {
+) -> LayerVectors {
     let n_embd = rows[0].len() / n_layer;
     (0..n_layer)
         .map(|il| {
@@ -263,24 +264,20 @@ pub fn safety_directions(
         ));
     }
     let mut bar = Progress::new("text-only requests", harmful.len() + benign.len(), 0);
-    let mut mean_states = |items: &[Item]| -> Result<Vec<Vec<f32>>> {
+    let mut mean_states = |items: &[Item]| -> Result<LayerVectors> {
         let mut states = Vec::with_capacity(items.len());
         for item in items {
             states.push(reader.states(system, &item.prompt, &[])?);
             bar.inc();
         }
-        let flat: Vec<Vec<f32>> = states.iter().map(|s| s.concat()).collect();
+        let flat: Vec<Vec<f32>> = states.iter().map(LayerVectors::flat).collect();
         let rows: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
         Ok(per_layer(&rows, states[0].len(), math::mean))
     };
     let unsafe_mean = mean_states(harmful)?;
     let safe_mean = mean_states(benign)?;
     Ok(Safety {
-        directions: unsafe_mean
-            .iter()
-            .zip(&safe_mean)
-            .map(|(u, s)| math::sub(u, s))
-            .collect(),
+        directions: unsafe_mean.map(|il, u| math::sub(u, &safe_mean[il])),
         n_harmful: harmful.len(),
         n_benign: benign.len(),
     })

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::{Batched, Busy, GraphHook, HookTensor, SharedHook};
+use crate::layer_vectors::LayerVectors;
 use crate::media::Image;
 use crate::session::{Session, SessionOptions, Turn};
 
@@ -69,7 +70,7 @@ impl LayerCapture {
     }
 
     /// Every layer's state, or an error naming a layer that was not captured.
-    pub fn all_states(&self) -> Result<Vec<Vec<f32>>> {
+    pub fn all_states(&self) -> Result<LayerVectors> {
         self.states
             .iter()
             .enumerate()
@@ -165,7 +166,7 @@ impl<'e> StateReader<'e> {
         system: Option<&str>,
         text: &str,
         images: &[Image],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<LayerVectors> {
         self.session.reset();
         lock(&self.capture)?.clear();
         let mut turn = Turn::user(text);
@@ -182,12 +183,9 @@ impl<'e> StateReader<'e> {
         system: Option<&str>,
         text: &str,
         corrupt: &Image,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<LayerVectors> {
         let t = self.states(system, text, &[])?;
         let c = self.states(system, text, std::slice::from_ref(corrupt))?;
-        Ok(t.iter()
-            .zip(&c)
-            .map(|(a, b)| crate::math::sub(a, b))
-            .collect())
+        Ok(t.map(|il, a| crate::math::sub(a, &c[il])))
     }
 }

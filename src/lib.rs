@@ -30,7 +30,7 @@
 //! Layers, each using only the ones below it: the command line and [`serve`]; [`eval`],
 //! [`calibrate`], [`report`] and [`plot`]; [`steer`], [`capture`] and [`vectors`]; [`session`];
 //! [`engine`], [`template`] and [`tools`]; [`ffi`]; and the leaves [`error`], [`math`], [`atomic`],
-//! [`media`], [`gguf`], [`identity`], [`quant`], [`clock`], [`data`], [`settings`],
+//! [`media`], [`gguf`], [`identity`], [`layer_vectors`], [`quant`], [`clock`], [`data`], [`settings`],
 //! [`sampling`], [`progress`] and the FNV-1a hash. All `unsafe` code is in [`ffi`]. Without the
 //! default `llama` feature the crate is the leaves and [`vectors`]: the file formats, without
 //! llama.cpp. The `serve` feature adds [`serve`] (tokio, axum), the `cli` feature the `cmrm`
@@ -57,6 +57,7 @@ pub mod ffi;
 pub mod gguf;
 mod hash;
 pub mod identity;
+pub mod layer_vectors;
 pub mod math;
 pub mod media;
 pub mod plot;
@@ -78,6 +79,7 @@ pub mod vectors;
 #[cfg(feature = "llama")]
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
+pub use layer_vectors::LayerVectors;
 pub use sampling::SamplingParams;
 #[cfg(feature = "llama")]
 pub use session::{GenerateOptions, Generation, Session, SessionOptions, StopReason, Turn};

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::layer_vectors::LayerVectors;
 use crate::media::Corruption;
 
 /// How per-layer total shifts become per-layer additions.
@@ -183,27 +184,23 @@ impl SteerConfig {
 
     /// Per-layer additions for layers 0..n_layer (zero outside the range), from the total
     /// shifts `deltas` (one row per layer).
-    pub fn additions(&self, deltas: &[Vec<f32>]) -> Vec<Vec<f32>> {
-        let n_layer = deltas.len();
-        let (first, last) = self.layer_range(n_layer);
-        (0..n_layer)
-            .map(|il| {
-                if il < first || il > last {
-                    return vec![0.0; deltas[il].len()];
-                }
-                let prev = (self.apply == Apply::Increment && il > first).then(|| &deltas[il - 1]);
-                deltas[il]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, d)| self.alpha * (d - prev.map_or(0.0, |p| p[j])))
-                    .collect()
-            })
-            .collect()
+    pub fn additions(&self, deltas: &LayerVectors) -> LayerVectors {
+        let (first, last) = self.layer_range(deltas.n_layer());
+        deltas.map(|il, row| {
+            if il < first || il > last {
+                return vec![0.0; row.len()];
+            }
+            let prev = (self.apply == Apply::Increment && il > first).then(|| &deltas[il - 1]);
+            row.iter()
+                .enumerate()
+                .map(|(j, d)| self.alpha * (d - prev.map_or(0.0, |p| p[j])))
+                .collect()
+        })
     }
 
     /// The control-vector buffer (layers 1..n_layer-1, flattened) for llama.cpp: the
     /// additions of the range with layer 0 left out (a control vector cannot reach it).
-    pub fn control_rows(&self, deltas: &[Vec<f32>]) -> Vec<f32> {
+    pub fn control_rows(&self, deltas: &LayerVectors) -> Vec<f32> {
         let (first, last) = self.layer_range(deltas.len());
         let cfg = SteerConfig {
             layers: Layers::Range(first.max(1), last),
@@ -328,13 +325,13 @@ mod tests {
         assert!(e.contains("totl") && e.contains("total"), "{e}");
     }
 
-    fn deltas() -> Vec<Vec<f32>> {
-        vec![
+    fn deltas() -> LayerVectors {
+        LayerVectors::from(vec![
             vec![1.0, 0.0],
             vec![3.0, 1.0],
             vec![4.0, 4.0],
             vec![10.0, 0.0],
-        ]
+        ])
     }
 
     #[test]

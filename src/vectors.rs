@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gguf::{self, Value};
 pub use crate::identity::{FileId, Identity, Relation};
+use crate::layer_vectors::LayerVectors;
 use crate::settings::{Layers, SteerConfig};
 
 /// How the per-anchor shifts were aggregated.
@@ -202,7 +203,7 @@ pub struct CmrmVectors {
     /// Number of anchors aggregated.
     pub n_anchors: usize,
     /// The aggregated total shift per layer, `deltas[il]` for il in 0..n_layer (h_text - h_corrupt).
-    pub deltas: Vec<Vec<f32>>,
+    pub deltas: LayerVectors,
     /// Recommended steering settings.
     pub recommended: SteerConfig,
     /// Per-anchor shifts (ids and `n_layer * n_embd` floats each), kept for shards and merges.
@@ -218,7 +219,7 @@ pub struct CmrmVectors {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Safety {
     /// One row of `n_embd` per layer.
-    pub directions: Vec<Vec<f32>>,
+    pub directions: LayerVectors,
     /// Harmful requests averaged (the anchors).
     pub n_harmful: usize,
     /// Benign requests averaged.
@@ -226,12 +227,8 @@ pub struct Safety {
 }
 
 /// Each layer's shift without its component along that layer's refusal direction.
-pub fn strip_refusal(shifts: &[Vec<f32>], directions: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    shifts
-        .iter()
-        .zip(directions)
-        .map(|(d, s)| crate::math::project_out(d, s))
-        .collect()
+pub fn strip_refusal(shifts: &LayerVectors, directions: &LayerVectors) -> LayerVectors {
+    shifts.map(|il, d| crate::math::project_out(d, &directions[il]))
 }
 
 /// How much of the dataset shift lies along the refusal direction, per layer.
@@ -269,7 +266,7 @@ impl CmrmVectors {
 
     /// The shifts with their component along the refusal direction removed (the pure
     /// modality shift), when the file holds directions.
-    pub fn without_refusal(&self) -> Option<Vec<Vec<f32>>> {
+    pub fn without_refusal(&self) -> Option<LayerVectors> {
         let safety = self.safety.as_ref()?;
         Some(strip_refusal(&self.deltas, &safety.directions))
     }
@@ -493,7 +490,7 @@ impl CmrmVectors {
                 n_layer - 1
             ));
         }
-        let rows: Vec<Vec<f32>> = deltas.chunks(n_embd).map(<[f32]>::to_vec).collect();
+        let rows = LayerVectors::from_flat(deltas, n_embd).map_err(|e| e.to_string())?;
         let expected = recommended.control_rows(&rows);
         for il in 1..n_layer {
             let name = format!("direction.{il}");

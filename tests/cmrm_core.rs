@@ -48,7 +48,7 @@ fn sample_shift(engine: &Engine) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let mut reader = StateReader::new(engine).unwrap();
     let text = reader.states(None, PROMPT, &[]).unwrap();
     let shift = reader.shift(None, PROMPT, &noise()).unwrap();
-    (text, shift)
+    (text.into_rows(), shift.into_rows())
 }
 
 #[test]
@@ -348,7 +348,7 @@ fn bad_vector_files_are_clear_errors() {
     foreign.save(&other_model).unwrap();
     let mut wide = foreign.clone();
     wide.model.n_embd = 896;
-    wide.deltas = vec![vec![0.5; 896]; 30];
+    wide.deltas = vec![vec![0.5; 896]; 30].into();
     let other_width = tmp("other-width.gguf");
     wide.save(&other_width).unwrap();
 

@@ -20,7 +20,7 @@ fn engine_with_cache(bytes: usize) -> Engine {
     Engine::load(o).unwrap()
 }
 
-fn calibrate_three(engine: &Engine, out: &std::path::Path) -> Vec<Vec<f32>> {
+fn calibrate_three(engine: &Engine, out: &std::path::Path) -> cmrm::LayerVectors {
     let mut anchors = cmrm::data::read_jsonl(&vendor("sets/harmful-anchors.jsonl")).unwrap();
     anchors.truncate(3);
     let opts = CalibrateOptions {

@@ -9,6 +9,7 @@ use crate::data::Item;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::{Batched, Busy};
+use crate::layer_vectors::LayerVectors;
 use crate::media::{self, Image};
 use crate::session::{GenerateOptions, Generation, Session, SessionOptions, SteerOverride, Turn};
 use crate::steer::CmrmSteering;
@@ -30,7 +31,7 @@ pub struct RunOutput {
     /// Log-probabilities of the first answer token.
     pub first_logprobs: Vec<f32>,
     /// Last prompt token state per layer (as steered).
-    pub states: Vec<Vec<f32>>,
+    pub states: LayerVectors,
     /// The greedy answer.
     pub text: String,
     /// Its tokens.

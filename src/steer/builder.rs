@@ -3,6 +3,7 @@
 use super::{CmrmSteering, Mechanism, Source};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::layer_vectors::LayerVectors;
 use crate::media::Corruption;
 use crate::settings::SteerConfig;
 
@@ -21,12 +22,12 @@ use crate::settings::SteerConfig;
 /// ```
 pub struct CmrmSteeringBuilder<'e> {
     pub(super) engine: &'e Engine,
-    pub(super) vectors: Option<Vec<Vec<f32>>>,
+    pub(super) vectors: Option<LayerVectors>,
     pub(super) source: Source,
     pub(super) config: SteerConfig,
     pub(super) mechanism: Mechanism,
     pub(super) sample_turns: bool,
-    pub(super) safety: Option<Vec<Vec<f32>>>,
+    pub(super) safety: Option<LayerVectors>,
 }
 
 impl<'e> CmrmSteeringBuilder<'e> {
@@ -46,8 +47,8 @@ impl<'e> CmrmSteeringBuilder<'e> {
 
     /// The dataset-level total shifts, one row of `n_embd` per layer: the default source unless
     /// [`sample`](Self::sample) is set, and what turns asking for the dataset use.
-    pub fn vectors(mut self, deltas: Vec<Vec<f32>>) -> Self {
-        self.vectors = Some(deltas);
+    pub fn vectors(mut self, deltas: impl Into<LayerVectors>) -> Self {
+        self.vectors = Some(deltas.into());
         self
     }
 
@@ -77,7 +78,7 @@ impl<'e> CmrmSteeringBuilder<'e> {
     }
 
     /// Per-layer safety directions, for ShiftDC's `project` rule.
-    pub fn safety(mut self, directions: Option<Vec<Vec<f32>>>) -> Self {
+    pub fn safety(mut self, directions: Option<LayerVectors>) -> Self {
         self.safety = directions;
         self
     }

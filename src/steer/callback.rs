@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use crate::capture::layer_of;
 use crate::error::{Error, Result};
 use crate::ffi::{Context, GraphHook, HookTensor};
+use crate::layer_vectors::LayerVectors;
 use crate::session::{Phase, Positions, SteerConfig, TurnHooks};
 
 /// Steering by editing `l_out-<il>` in the eval callback (reaches layer 0).
@@ -15,7 +16,7 @@ use crate::session::{Phase, Positions, SteerConfig, TurnHooks};
 /// nothing compounds; generated tokens then get the same per-layer additions.
 pub struct CallbackSteering {
     additions: Vec<Vec<f32>>,
-    targets: Option<Vec<Vec<f32>>>,
+    targets: Option<LayerVectors>,
     range: (usize, usize),
     alpha: f32,
     positions: Positions,
@@ -47,26 +48,27 @@ impl CallbackSteering {
     }
 
     /// Adds `deltas` (total shifts per layer) under `config` from the next turn on.
-    pub fn set_deltas(&mut self, deltas: &[Vec<f32>], config: &SteerConfig) {
-        self.additions = config.additions(deltas);
+    pub fn set_deltas(&mut self, deltas: &LayerVectors, config: &SteerConfig) {
+        self.additions = config.additions(deltas).into_rows();
         self.targets = None;
         self.directions = None;
-        self.configure(config, deltas.len());
+        self.configure(config, deltas.n_layer());
     }
 
     /// Moves toward `targets` (per-layer states of the text-only input) instead: all the way
     /// times alpha, or with `directions` (ShiftDC's safety directions) only along them.
     pub fn set_targets(
         &mut self,
-        targets: Vec<Vec<f32>>,
+        targets: LayerVectors,
         config: &SteerConfig,
-        directions: Option<Vec<Vec<f32>>>,
+        directions: Option<LayerVectors>,
     ) {
-        self.additions = targets.iter().map(|t| vec![0.0; t.len()]).collect();
-        self.configure(config, targets.len());
+        self.additions = LayerVectors::zeros(targets.n_layer(), targets.n_embd()).into_rows();
+        self.configure(config, targets.n_layer());
         self.targets = Some(targets);
         self.directions = directions.map(|dirs| {
-            dirs.into_iter()
+            dirs.into_rows()
+                .into_iter()
                 .map(|d| {
                     let norm2 = crate::math::dot_f32(&d, &d);
                     (d, norm2)

@@ -10,6 +10,7 @@ use crate::capture::{lock, LayerCapture};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ffi::SharedHook;
+use crate::layer_vectors::LayerVectors;
 use crate::media::{Corruption, CorruptionImages, Image};
 use crate::session::{
     Applied, Apply, Positions, Probe, SteerConfig, Steering, TurnHooks, TurnInput, TurnPlan,
@@ -59,7 +60,7 @@ pub enum Source {
 pub struct CmrmSteering {
     n_layer: usize,
     n_embd: usize,
-    vectors: Option<Vec<Vec<f32>>>,
+    vectors: Option<LayerVectors>,
     vectors_id: u64,
     source: Source,
     config: SteerConfig,
@@ -69,7 +70,7 @@ pub struct CmrmSteering {
     /// Corruption images, made once (the most recent few kept).
     corruption_images: CorruptionImages,
     /// Per-layer safety directions (a vector file's, for ShiftDC's `project` rule).
-    safety: Option<Vec<Vec<f32>>>,
+    safety: Option<LayerVectors>,
 }
 
 impl CmrmSteering {
@@ -82,15 +83,10 @@ impl CmrmSteering {
     pub(super) fn assemble(b: CmrmSteeringBuilder<'_>) -> Result<Self> {
         let (n_layer, n_embd) = (b.engine.model().n_layer(), b.engine.model().n_embd());
         if let Some(v) = &b.vectors {
-            check_shape("the shifts", v, n_layer, n_embd)?;
-            if v.iter().flatten().any(|x| !x.is_finite()) {
-                return Err(Error::Steering(
-                    "the shifts hold NaN or infinite values".into(),
-                ));
-            }
+            v.check("the shifts", n_layer, n_embd)?;
         }
         if let Some(d) = &b.safety {
-            check_shape("the safety directions", d, n_layer, n_embd)?;
+            d.check("the safety directions", n_layer, n_embd)?;
         }
         let sample = matches!(b.source, Source::Sample(_));
         if !sample && b.vectors.is_none() {
@@ -121,7 +117,7 @@ impl CmrmSteering {
     /// Dataset-level steering with fixed shifts.
     pub fn dataset(
         engine: &Engine,
-        deltas: Vec<Vec<f32>>,
+        deltas: impl Into<LayerVectors>,
         config: SteerConfig,
         mechanism: Mechanism,
     ) -> Result<Self> {
@@ -179,7 +175,7 @@ impl CmrmSteering {
         probe: &mut dyn Probe,
         turn: &TurnInput<'_>,
         images: &[Image],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<LayerVectors> {
         let capture = self.capture.clone().ok_or_else(|| {
             Error::Steering("sample-level steering was not prepared for this session".into())
         })?;
@@ -288,11 +284,7 @@ impl Steering for CmrmSteering {
             } else {
                 let corrupt = self.corruption_image(&corruption, turn)?;
                 let corrupt_states = self.states(probe, turn, std::slice::from_ref(&corrupt))?;
-                let shift: Vec<Vec<f32>> = text_states
-                    .iter()
-                    .zip(&corrupt_states)
-                    .map(|(t, c)| crate::math::sub(t, c))
-                    .collect();
+                let shift = text_states.map(|il, t| crate::math::sub(t, &corrupt_states[il]));
                 let shift = self.pure(shift, &config)?;
                 self.hooks_for(&shift, &config)?
             }
@@ -323,7 +315,7 @@ impl Steering for CmrmSteering {
 impl CmrmSteering {
     /// The shifts the `pure` rule adds: each stripped of its component along the file's
     /// refusal direction; other rules keep them as they are.
-    fn pure(&self, shifts: Vec<Vec<f32>>, config: &SteerConfig) -> Result<Vec<Vec<f32>>> {
+    fn pure(&self, shifts: LayerVectors, config: &SteerConfig) -> Result<LayerVectors> {
         if config.apply != Apply::Pure {
             return Ok(shifts);
         }
@@ -335,9 +327,8 @@ impl CmrmSteering {
         Ok(crate::vectors::strip_refusal(&shifts, dirs))
     }
 
-    fn hooks_for(&self, deltas: &[Vec<f32>], config: &SteerConfig) -> Result<Box<dyn TurnHooks>> {
-        debug_assert_eq!(deltas.len(), self.n_layer);
-        debug_assert!(deltas.iter().all(|d| d.len() == self.n_embd));
+    fn hooks_for(&self, deltas: &LayerVectors, config: &SteerConfig) -> Result<Box<dyn TurnHooks>> {
+        debug_assert!(deltas.check("", self.n_layer, self.n_embd).is_ok());
         match &self.callback {
             None => Ok(Box::new(CvecSteering::new(deltas, config))),
             Some(cb) => {
@@ -373,18 +364,6 @@ fn lock_cb(cb: &Mutex<CallbackSteering>) -> std::sync::MutexGuard<'_, CallbackSt
 
 fn fnv(s: &str) -> u64 {
     crate::hash::fnv1a(s.bytes())
-}
-
-/// Refuses per-layer rows that are not `n_layer` rows of `n_embd`.
-fn check_shape(what: &str, rows: &[Vec<f32>], n_layer: usize, n_embd: usize) -> Result<()> {
-    if rows.len() != n_layer || rows.iter().any(|r| r.len() != n_embd) {
-        return Err(Error::Steering(format!(
-            "{what} have {} layers of {} but the model has {n_layer} of {n_embd}",
-            rows.len(),
-            rows.first().map_or(0, Vec::len)
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::ffi::Context;
+use crate::layer_vectors::LayerVectors;
 use crate::session::{Phase, Positions, SteerConfig, TurnHooks};
 
 /// Control-vector steering of one turn, driven by the prompt phases.
@@ -16,8 +17,8 @@ pub struct CvecSteering {
 
 impl CvecSteering {
     /// Steering with `deltas` (total shifts per layer) under `config`.
-    pub fn new(deltas: &[Vec<f32>], config: &SteerConfig) -> Self {
-        let (first, last) = config.layer_range(deltas.len());
+    pub fn new(deltas: &LayerVectors, config: &SteerConfig) -> Self {
+        let (first, last) = config.layer_range(deltas.n_layer());
         Self {
             rows: config.control_rows(deltas),
             range: (first.max(1), last.max(1)),

@@ -24,6 +24,7 @@ pub use plan::SteerPlan;
 use crate::capture::{lock, shared, LayerCapture};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::layer_vectors::LayerVectors;
 use crate::session::{Session, SessionOptions, Turn};
 
 /// How many times the model's own state at a layer a shift may measure before it is refused.
@@ -32,7 +33,7 @@ pub const MAX_SHIFT_RATIO: f64 = 50.0;
 /// Refuses shifts far beyond the model's own hidden-state scale (a corrupted or hostile vector
 /// file): one short prompt gives the norm of the model's state at every layer, and no layer's
 /// shift may be more than [`MAX_SHIFT_RATIO`] times it.
-pub(crate) fn check_scale(engine: &Engine, deltas: &[Vec<f32>]) -> Result<()> {
+pub(crate) fn check_scale(engine: &Engine, deltas: &LayerVectors) -> Result<()> {
     let capture = LayerCapture::all_layers(engine.model().n_layer());
     let options = SessionOptions::new()
         .observer(shared(&capture))

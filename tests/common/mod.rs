@@ -209,5 +209,5 @@ pub fn prefill_states(
     let logits = prefilled.logits().to_vec();
     drop(prefilled);
     let states = capture.lock().unwrap().all_states().unwrap();
-    (logits, states)
+    (logits, states.into_rows())
 }
