@@ -6,6 +6,10 @@
 # ShiftDC at the default positions (`last-prompt`), with Wilson intervals, paired tests and the
 # over-refusal per benign-xs category.
 #   scripts/tradeoff.sh [smollm2|qwen] [N_HARMFUL] [PARALLEL]   (defaults: smollm2 50 4)
+# SmolLM2 takes about 35 minutes on 2 cores, Qwen2.5 about three times as long.
+# CMRM_TRADEOFF_QUICK=1 drops ShiftDC and the sweep's text-only run of the benign set (eval
+# safety + eval utility instead of the sweep; calibration without safety directions): about
+# 30 minutes for Qwen2.5.
 # Splits, disjoint: CMRM shifts and ShiftDC's harmful side from harmful-anchors.jsonl; ShiftDC's
 # benign side the first 15 multiple-choice items of benign.jsonl; reported harmful items
 # harmful-eval.jsonl from item 101 on; reported benign items benign-xs.jsonl.
@@ -31,6 +35,15 @@ subset() { sed "s#\"\.\./images/#\"$PWD/vendor/images/#" | grep -v '^$'; }
 sed -n "101,$((100 + n))p" vendor/sets/harmful-eval.jsonl | subset >"$sets/harmful.jsonl"
 grep '"benign-mc-' vendor/sets/benign.jsonl | sed -n '1,15p' | subset >"$sets/benign-anchors.jsonl"
 vec=$out/vectors.gguf
+if [ "${CMRM_TRADEOFF_QUICK:-0}" = 1 ]; then
+  [ -f "$vec" ] || "$cmrm" calibrate "${m[@]}" --anchors vendor/sets/harmful-anchors.jsonl \
+    --parallel "$par" -o "$vec"
+  c=(--cmrm "$vec" --positions-grid last-prompt --parallel "$par" -n 32)
+  "$cmrm" eval safety "${m[@]}" "${c[@]}" --data "$sets/harmful.jsonl" \
+    --conditions text,image,cmrm,cmrm-sample --out "$out/eval"
+  "$cmrm" eval utility "${m[@]}" "${c[@]}" --conditions image,cmrm,cmrm-sample --out "$out/eval"
+  exit 0
+fi
 [ -f "$vec" ] || "$cmrm" calibrate "${m[@]}" --anchors vendor/sets/harmful-anchors.jsonl \
   --method shiftdc --benign "$sets/benign-anchors.jsonl" --parallel "$par" -o "$vec"
 "$cmrm" inspect "$vec" >"$out/inspect.txt"

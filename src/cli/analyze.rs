@@ -23,6 +23,7 @@ use super::ModelArgs;
 #[derive(Subcommand, Debug)]
 pub enum AnalyzeCommand {
     /// Per-layer cosine and L2 gap to the text-only states, before and after CMRM; plots.
+    #[command(long_about = super::help::ANALYZE)]
     Gap(GapArgs),
 }
 
@@ -43,7 +44,7 @@ pub struct GapArgs {
     #[command(flatten)]
     conditions: ConditionArgs,
     /// Layer of the principal-component scatter (default: the middle layer).
-    #[arg(long)]
+    #[arg(help_heading = "Plot", long)]
     layer: Option<usize>,
 }
 

@@ -51,49 +51,61 @@ pub struct CalibrateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Anchors: JSONL lines {"prompt": ..., "image": optional path or data URI}.
-    #[arg(long)]
+    #[arg(help_heading = "Calibration", long)]
     anchors: PathBuf,
     /// Use only the first N anchors.
-    #[arg(long)]
+    #[arg(help_heading = "Calibration", long)]
     limit: Option<usize>,
     /// Output vector file (default: <model-stem>.cmrm.gguf next to the model).
-    #[arg(short = 'o', long)]
+    #[arg(help_heading = "Calibration", short = 'o', long)]
     output: Option<PathBuf>,
     /// Aggregation of the per-anchor shifts: mean or pca; shiftdc: the mean, plus ShiftDC's
     /// per-layer safety directions from the anchors (harmful) and --benign, for
     /// `--cmrm-apply project`.
-    #[arg(long, default_value = "mean")]
+    #[arg(help_heading = "Calibration", long, default_value = "mean")]
     method: CalibrationMethod,
     /// Benign requests (JSONL, text only is used): with them the file also holds safety
     /// directions (mean text-only state of the anchors minus that of these).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Calibration", long, value_name = "FILE")]
     benign: Option<PathBuf>,
     /// Meaningless image: blank, noise, noise:SEED, anchor (each anchor's own image) or an
     /// image file.
-    #[arg(long, default_value = "noise")]
+    #[arg(help_heading = "Calibration", long, default_value = "noise")]
     corruption: Corruption,
     /// System message used for every anchor (use the one you will chat with).
-    #[arg(long = "system-prompt", alias = "system")]
+    #[arg(help_heading = "Calibration", long = "system-prompt", alias = "system")]
     system: Option<String>,
     /// Anchors read at once, as sessions on lanes of one batched context (llama.cpp's
     /// `--parallel`); the file is the same every run, and that of 1 up to rounding.
-    #[arg(long = "parallel", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(help_heading = "Calibration", long = "parallel", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
     /// Only anchors i, i+n, i+2n, ... (`i/n`); merge the shards with `cmrm merge`.
-    #[arg(long, value_name = "i/n", value_parser = parse_shard)]
+    #[arg(help_heading = "Calibration", long, value_name = "i/n", value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
     /// Recommended alpha written into the file.
-    #[arg(long, default_value_t = SteerConfig::default().alpha)]
+    #[arg(help_heading = "Recommended settings written to the file", long, default_value_t = SteerConfig::default().alpha)]
     alpha: f32,
     /// Recommended apply rule.
-    #[arg(long, default_value = "total")]
+    #[arg(
+        help_heading = "Recommended settings written to the file",
+        long,
+        default_value = "total"
+    )]
     apply: Apply,
     /// Recommended layers A-B (default: one layer at ~70% depth).
-    #[arg(long, value_name = "A-B")]
+    #[arg(
+        help_heading = "Recommended settings written to the file",
+        long,
+        value_name = "A-B"
+    )]
     layers: Option<Layers>,
     /// Recommended positions (last-prompt: the last prompt token only; last: it and the
     /// generated tokens; after-image; all).
-    #[arg(long, default_value = "last-prompt")]
+    #[arg(
+        help_heading = "Recommended settings written to the file",
+        long,
+        default_value = "last-prompt"
+    )]
     positions: Positions,
 }
 

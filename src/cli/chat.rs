@@ -21,19 +21,19 @@ pub struct ChatArgs {
     #[command(flatten)]
     steering: SteerArgs,
     /// Image file or data URI (repeatable); goes where the prompt has <__media__>, else first.
-    #[arg(long)]
+    #[arg(help_heading = "Chat", long)]
     image: Vec<String>,
     /// The user's message (single turn); without it, an interactive chat.
-    #[arg(short = 'p', long)]
+    #[arg(help_heading = "Chat", short = 'p', long)]
     prompt: Option<String>,
     /// System message (-sys).
-    #[arg(long = "system-prompt", alias = "system")]
+    #[arg(help_heading = "Chat", long = "system-prompt", alias = "system")]
     system: Option<String>,
     /// Interactive chat even when -p is given (-p is then the first message).
-    #[arg(long)]
+    #[arg(help_heading = "Chat", long)]
     conversation: bool,
     /// Do not process escapes (\\n, \\t, \\xHH, ...) in -p (llama.cpp processes them).
-    #[arg(long = "no-escape")]
+    #[arg(help_heading = "Chat", long = "no-escape")]
     no_escape: bool,
 }
 

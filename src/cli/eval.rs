@@ -23,12 +23,16 @@ use super::ModelArgs;
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Unsafe rate on harmful requests per condition (refusal or LLM judge).
+    #[command(long_about = super::help::SAFETY, after_long_help = super::help::SAFETY_EXAMPLES)]
     Safety(SafetyArgs),
     /// Utility on benign data: perplexity of references, multiple choice, over-refusal.
+    #[command(long_about = super::help::UTILITY)]
     Utility(UtilityArgs),
     /// How close each condition brings the model to its text-only behaviour.
+    #[command(long_about = super::help::FIDELITY)]
     Fidelity(FidelityArgs),
     /// How well the refusal-phrase judge and an LLM judge agree with hand labels.
+    #[command(long_about = super::help::JUDGES)]
     Judges(super::judges::JudgesArgs),
 }
 
@@ -44,6 +48,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 
 /// Flags shared by evaluation and analysis commands.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Data and output")]
 pub struct DataArgs {
     /// JSONL data: {"id"?, "prompt", "image", ...} per line (image paths relative to the file).
     #[arg(long)]
@@ -95,6 +100,7 @@ impl DataArgs {
 
 /// How the CMRM conditions steer: flags shared by the evaluation commands and the sweep.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Conditions")]
 pub struct GridArgs {
     /// Alphas of the CMRM conditions, one condition each (default: the vector file's).
     #[arg(long = "alpha", value_delimiter = ',')]
@@ -125,6 +131,7 @@ pub struct GridArgs {
 
 /// Conditions and how to run them.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Conditions")]
 pub struct ConditionArgs {
     /// Conditions: text (image removed), image (no CMRM), cmrm (dataset vectors), cmrm-sample,
     /// interpolate, shiftdc (the last two on the callback path).
@@ -200,13 +207,23 @@ pub struct SafetyArgs {
     #[command(flatten)]
     conditions: ConditionArgs,
     /// Judge.
-    #[arg(long, value_enum, default_value = "refusal")]
+    #[arg(
+        help_heading = "Answers and judge",
+        long,
+        value_enum,
+        default_value = "refusal"
+    )]
     judge: JudgeKind,
     /// Instruct GGUF for the LLM judge.
-    #[arg(long = "judge-model")]
+    #[arg(help_heading = "Answers and judge", long = "judge-model")]
     judge_model: Option<PathBuf>,
     /// Answer tokens (greedy).
-    #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+    #[arg(
+        help_heading = "Answers and judge",
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 64
+    )]
     n_predict: usize,
 }
 
@@ -260,7 +277,12 @@ pub struct UtilityArgs {
     #[command(flatten)]
     conditions: ConditionArgs,
     /// Answer tokens (greedy) for the over-refusal check.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 48)]
+    #[arg(
+        help_heading = "Answers",
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 48
+    )]
     n_predict: usize,
 }
 
@@ -296,7 +318,12 @@ pub struct FidelityArgs {
     #[command(flatten)]
     conditions: ConditionArgs,
     /// Greedy answer tokens compared.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 16)]
+    #[arg(
+        help_heading = "Answers",
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 16
+    )]
     n_predict: usize,
 }
 

@@ -9,6 +9,7 @@ mod chat;
 mod errors;
 mod eval;
 mod files;
+mod help;
 mod inspect;
 mod judges;
 mod quantize;
@@ -62,32 +63,43 @@ Every command and file format: docs/ in the source, starting at README.md.";
 #[derive(Subcommand)]
 enum Command {
     /// Chat with a GGUF VLM about images (single turn with -p, else interactive).
+    #[command(long_about = help::CHAT, after_long_help = help::CHAT_EXAMPLES)]
     Chat(chat::ChatArgs),
     /// Compute CMRM shift vectors over an anchor set and write a vector file.
+    #[command(long_about = help::CALIBRATE, after_long_help = help::CALIBRATE_EXAMPLES)]
     Calibrate(calibrate::CalibrateArgs),
     /// Merge vector files calibrated with --shard into one.
+    #[command(long_about = help::MERGE)]
     Merge(calibrate::MergeArgs),
     /// Print a vector file's metadata and per-layer norms.
+    #[command(long_about = help::INSPECT)]
     Inspect(inspect::InspectArgs),
     /// Evaluate conditions (text, image, CMRM) on a data set.
-    #[command(subcommand)]
+    #[command(subcommand, long_about = help::EVAL)]
     Eval(eval::EvalCommand),
     /// Analyse the representation gap.
-    #[command(subcommand)]
+    #[command(subcommand, long_about = help::ANALYZE)]
     Analyze(analyze::AnalyzeCommand),
     /// Sweep alpha x layer ranges: unsafe rate against utility; choose a default.
+    #[command(long_about = help::SWEEP, after_long_help = help::SWEEP_EXAMPLES)]
     Sweep(sweep::SweepArgs),
     /// One self-contained HTML page from the outputs of eval, analyze and sweep.
+    #[command(long_about = help::REPORT)]
     Report(report::ReportArgs),
     /// An OpenAI-compatible multimodal chat server with per-request CMRM, and a chat page.
+    #[command(long_about = help::SERVE, after_long_help = help::SERVE_EXAMPLES)]
     Serve(serve::ServeArgs),
     /// Write the Markdown card a model repository shows for a vector file.
+    #[command(long_about = help::CARD)]
     Card(card::CardArgs),
     /// Quantize a model GGUF with llama.cpp's quantizer (as llama-quantize).
+    #[command(long_about = help::QUANTIZE)]
     Quantize(quantize::QuantizeArgs),
     /// Lend this machine's CPU or GPUs to cmrm or llama.cpp elsewhere (llama.cpp's rpc-server).
+    #[command(long_about = help::RPC_SERVER)]
     RpcServer(rpc::RpcServerArgs),
     /// List the backends and devices this build can compute on, RPC servers included.
+    #[command(long_about = help::DEVICES)]
     Devices(rpc::DevicesArgs),
 }
 
@@ -139,6 +151,7 @@ pub fn llama_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
 /// Model loading flags shared by every command that runs a model (llama.cpp's names and
 /// defaults).
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Model and llama.cpp")]
 pub struct ModelArgs {
     /// Text model GGUF.
     #[arg(short = 'm', long)]
@@ -292,6 +305,7 @@ impl ModelArgs {
 /// Sampling flags (llama.cpp's names and defaults). A flag left unset takes the model's
 /// `general.sampling.*` recommendation when its GGUF has one, as llama.cpp does.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Sampling (llama.cpp's flags and defaults)")]
 pub struct SamplingArgs {
     /// Tokens to generate (-1 = until the end of the answer or a full context).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true)]

@@ -26,58 +26,83 @@ pub struct ServeArgs {
     #[command(flatten)]
     steering: SteerArgs,
     /// Address to listen on (loopback by default; another address exposes the server).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(help_heading = "Server and limits", long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Port (0 = any free port; the one chosen is printed).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(help_heading = "Server and limits", long, default_value_t = 8080)]
     port: u16,
     /// Slots answering at once (-np), each with a context of --ctx-size.
-    #[arg(long = "parallel", default_value_t = 1)]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "parallel",
+        default_value_t = 1
+    )]
     parallel: usize,
     /// Requests that may wait for a slot; more get 503.
-    #[arg(long, default_value_t = 8)]
+    #[arg(help_heading = "Server and limits", long, default_value_t = 8)]
     queue: usize,
     /// API keys, comma-separated (Authorization: Bearer KEY or X-Api-Key).
-    #[arg(long = "api-key", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "api-key",
+        value_delimiter = ','
+    )]
     api_key: Vec<String>,
     /// A file of API keys, one per line (# starts a comment).
-    #[arg(long = "api-key-file")]
+    #[arg(help_heading = "Server and limits", long = "api-key-file")]
     api_key_file: Option<PathBuf>,
     /// Seconds a request may take to send its body or wait for a slot, and a streaming client
     /// may read nothing before its answer is stopped (a request's header must come within
     /// the smaller of this and 30 s).
-    #[arg(long = "timeout", short = 'o', default_value_t = 600)]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "timeout",
+        short = 'o',
+        default_value_t = 600
+    )]
     timeout: u64,
     /// Connections served at once; more wait in the kernel's backlog.
-    #[arg(long = "max-connections", default_value_t = 128)]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "max-connections",
+        default_value_t = 128
+    )]
     max_connections: usize,
     /// Serve file:// images from below this folder.
-    #[arg(long = "media-path")]
+    #[arg(help_heading = "Server and limits", long = "media-path")]
     media_path: Option<PathBuf>,
     /// Fetch http(s):// image URLs (10 s and --max-image-bytes at most).
-    #[arg(long = "media-fetch")]
+    #[arg(help_heading = "Server and limits", long = "media-fetch")]
     media_fetch: bool,
     /// Largest image, in bytes.
-    #[arg(long = "max-image-bytes", default_value_t = 20 << 20)]
+    #[arg(help_heading = "Server and limits", long = "max-image-bytes", default_value_t = 20 << 20)]
     max_image_bytes: usize,
     /// Largest image, in pixels (at most cmrm's own limit, the default), checked from the
     /// image's header before it is decoded.
-    #[arg(long = "max-image-pixels", default_value_t = cmrm::media::MAX_PIXELS)]
+    #[arg(help_heading = "Server and limits", long = "max-image-pixels", default_value_t = cmrm::media::MAX_PIXELS)]
     max_image_pixels: u64,
     /// Most images in one request.
-    #[arg(long = "max-images", default_value_t = 8)]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "max-images",
+        default_value_t = 8
+    )]
     max_images: usize,
     /// Largest max_tokens a request may ask for.
-    #[arg(long = "max-tokens", default_value_t = 4096)]
+    #[arg(
+        help_heading = "Server and limits",
+        long = "max-tokens",
+        default_value_t = 4096
+    )]
     max_tokens: usize,
     /// Largest request body, in bytes.
-    #[arg(long = "max-request-bytes", default_value_t = 64 << 20)]
+    #[arg(help_heading = "Server and limits", long = "max-request-bytes", default_value_t = 64 << 20)]
     max_request_bytes: usize,
     /// Serve Prometheus metrics at /metrics.
-    #[arg(long)]
+    #[arg(help_heading = "Server and limits", long)]
     metrics: bool,
     /// The model name answers carry (default: the model file's name).
-    #[arg(short = 'a', long)]
+    #[arg(help_heading = "Server and limits", short = 'a', long)]
     alias: Option<String>,
 }
 

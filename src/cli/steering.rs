@@ -16,6 +16,7 @@ use super::ModelArgs;
 
 /// Which vector file, for every command that steers.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "CMRM")]
 pub struct VectorArgs {
     /// Vector file (default: <model-stem>.cmrm.gguf next to the model, else the one
     /// *.cmrm.gguf in the model's folder made for this model or another quantization of it).
@@ -61,6 +62,7 @@ impl VectorArgs {
 
 /// How shifts are applied, for every command that steers.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "CMRM")]
 pub struct RuleArgs {
     /// How per-layer shifts are added: total (each layer's shift), increment (the difference
     /// from the layer below), interpolate (sample-level: toward the text-only state measured
