@@ -209,7 +209,7 @@ pub fn pct(x: f64) -> String {
 /// The trade-off table in Markdown; `chosen` is marked, perplexities are compared with `base`
 /// (the image run's utility).
 pub fn table(rows: &[Row], chosen: Option<&str>, base: &UtilitySummary) -> String {
-    let mut md = String::from("| condition | setting | unsafe rate [95% CI] | vs image: fixed / broken (McNemar p) | benign over-refusal | perplexity (vs image) | MC accuracy | bar |\n|---|---|---|---|---:|---:|---:|---|\n");
+    let mut md = String::from("| condition | setting | unsafe rate [95% CI] | vs image: fixed / broken (McNemar p) | benign over-refusal [95% CI] | perplexity (vs image) | MC accuracy | bar |\n|---|---|---|---|---|---:|---:|---|\n");
     for r in rows {
         let paired = r.safety.vs_image.as_ref().map_or("-".into(), |p| {
             format!("{} / {} ({:.3})", p.fixed, p.broken, p.p_value)
@@ -238,10 +238,12 @@ pub fn table(rows: &[Row], chosen: Option<&str>, base: &UtilitySummary) -> Strin
             },
             r.label,
             percent_ci(r.safety.unsafe_rate, r.safety.ci95),
-            pct(r.utility.over_refusal.0),
+            percent_ci(r.utility.over_refusal.0, r.utility.over_refusal.1),
             r.utility.accuracy_cell(),
         ));
     }
+    md.push('\n');
+    md.push_str(&super::judge::refusal_judge_note());
     md
 }
 
