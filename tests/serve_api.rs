@@ -219,6 +219,23 @@ fn tools_go_through_the_models_own_template_and_calls_come_back_as_openai_client
         assert!(prompt.contains(want), "{want:?} not in the prompt:\n{prompt}");
     }
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    // tool_choice "none": the model is not shown the tools.
+    let question = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let render = |extra: Value| {
+        let mut b = json!({"messages": question});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (st, b) = post(&server.url("/apply-template"), None, &body(b));
+        assert_eq!(st, 200, "{b}");
+        b["prompt"].as_str().unwrap().to_string()
+    };
+    let without = render(json!({}));
+    assert!(!without.contains("<tools>"), "{without}");
+    assert_eq!(
+        render(json!({"tools": [weather_tool()], "tool_choice": "none"})),
+        without
+    );
     // The official client: required and named calls, streamed and not, a result sent back.
     let out = std::process::Command::new("python3")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_tools.py"))

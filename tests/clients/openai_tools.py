@@ -6,8 +6,8 @@ chat template takes tools (tests/serve_api.rs starts it on Qwen2.5 and its own t
 Asserts: `tool_choice="required"` and a named function give a call of a declared tool with
 JSON arguments that follow its schema, `finish_reason == "tool_calls"` and no text; the same
 request streamed gives the same call through `delta.tool_calls`; the call and a `tool` message
-with its result sent back give an answer in text; `tool_choice="none"` answers in text as
-without tools. Prints one line per check; exits non-zero on the first failure.
+with its result sent back give an answer in text; `tool_choice="none"` answers in text
+(tests/serve_api.rs checks that its prompt is the prompt without tools). Prints one line per check; exits non-zero on the first failure.
 """
 import json
 import sys
@@ -91,9 +91,8 @@ r = client.chat.completions.create(model="any", messages=follow, tools=tools, to
 assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
 print("after the tool's result:", repr(r.choices[0].message.content[:60]))
 
-plain = client.chat.completions.create(model="any", messages=question, temperature=0, max_tokens=24)
 none = client.chat.completions.create(model="any", messages=question, tools=tools,
                                       tool_choice="none", temperature=0, max_tokens=24)
-assert none.choices[0].message.content == plain.choices[0].message.content, (none, plain)
-assert not none.choices[0].message.tool_calls, none
-print("tool_choice none: as without tools")
+assert none.choices[0].message.content and not none.choices[0].message.tool_calls, none
+assert none.choices[0].finish_reason != "tool_calls", none
+print("tool_choice none: answered in text")
