@@ -270,9 +270,11 @@ pub fn safety_directions(
             states.push(reader.states(system, &item.prompt, &[])?);
             bar.inc();
         }
-        let flat: Vec<Vec<f32>> = states.iter().map(LayerVectors::flat).collect();
-        let rows: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
-        Ok(per_layer(&rows, states[0].len(), math::mean))
+        // Each layer's mean over the requests, straight from the rows (no flat copies).
+        Ok(states[0].map(|il, _| {
+            let layer: Vec<&[f32]> = states.iter().map(|s| s[il].as_slice()).collect();
+            math::mean(&layer)
+        }))
     };
     let unsafe_mean = mean_states(harmful)?;
     let safe_mean = mean_states(benign)?;

@@ -311,6 +311,19 @@ impl ToolStream {
     }
 }
 
+/// The answer text and the calls of `events`, in order.
+pub fn split(events: impl IntoIterator<Item = ToolEvent>) -> (String, Vec<ToolCall>) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for e in events {
+        match e {
+            ToolEvent::Text(t) => text.push_str(&t),
+            ToolEvent::Call(c) => calls.push(c),
+        }
+    }
+    (text, calls)
+}
+
 fn push_text(out: &mut Vec<ToolEvent>, text: String) {
     if !text.is_empty() {
         out.push(ToolEvent::Text(text));
@@ -339,15 +352,7 @@ mod tests {
             events.extend(s.push(p));
         }
         events.extend(s.finish());
-        let mut text = String::new();
-        let mut calls = Vec::new();
-        for e in events {
-            match e {
-                ToolEvent::Text(t) => text.push_str(&t),
-                ToolEvent::Call(c) => calls.push(c),
-            }
-        }
-        (text, calls)
+        split(events)
     }
 
     fn call(id: &str, name: &str, args: &str) -> ToolCall {

@@ -50,19 +50,7 @@ fn the_openai_client_chats_with_images_streams_and_steers_per_request() {
     let dir = tmp("client");
     let v = vectors(&dir);
     let mut server = Server::start(&["--cmrm", s(&v), "--api-key", "sk-test", "-c", "2048"]);
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_client.py"))
-        .args([&server.base, "sk-test", s(&photo())])
-        .output()
-        .expect("run python3 (scripts/setup.sh installs the openai package)");
-    assert!(
-        out.status.success(),
-        "openai client: {}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.log.lock().unwrap()
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout));
+    server.run_client("openai_client.py", &["sk-test", s(&photo())]);
     assert!(server.stop().success(), "the server did not stop cleanly");
 }
 

@@ -237,19 +237,7 @@ fn tools_go_through_the_models_own_template_and_calls_come_back_as_openai_client
         without
     );
     // The official client: required and named calls, streamed and not, a result sent back.
-    let out = std::process::Command::new("python3")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_tools.py"))
-        .arg(&server.base)
-        .output()
-        .expect("run python3 (scripts/setup.sh installs the openai package)");
-    assert!(
-        out.status.success(),
-        "openai tools client: {}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        server.log.lock().unwrap()
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout));
+    server.run_client("openai_tools.py", &[]);
     // Mistakes get 400s that name the field.
     let chat = server.url("/v1/chat/completions");
     let ask = |extra: Value| {

@@ -22,11 +22,11 @@ use super::api::ApiError;
 use super::metrics::Metrics;
 use super::parse::{parse, Limits, Piece};
 use super::request::prepare;
-use super::slots::{conversation_keys, Canceller, Event, Outcome, Pool};
+use super::slots::{conversation_keys, Canceller, Event, Outcome, Place, Pool};
 use super::{props, tokens};
 use crate::sampling::SamplingParams;
 use crate::session::{SteerOverride, StopReason, TokenChoice, TokenLogprob};
-use crate::tools::{ToolCall, ToolEvent, ToolStream};
+use crate::tools::{split, ToolCall, ToolEvent, ToolStream};
 
 /// What the handlers share.
 pub struct Shared {
@@ -346,7 +346,7 @@ pub(super) async fn read_body(app: &Shared, body: Body) -> Result<Bytes, ApiErro
 /// --max-request-bytes, for 2 s at most), so that the client reads the refusal: a connection
 /// closed with bytes unread is reset, and a client still sending its body would see the reset
 /// instead of the 401, 403, 415 or 503.
-pub(super) async fn discard_body(app: &Shared, body: Body) {
+async fn discard_body(app: &Shared, body: Body) {
     let mut chunks = body.into_data_stream();
     let mut left = app.max_request_bytes;
     let drain = async {
@@ -360,17 +360,21 @@ pub(super) async fn discard_body(app: &Shared, body: Body) {
     let _ = tokio::time::timeout(app.timeout.min(Duration::from_secs(2)), drain).await;
 }
 
-async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
-    // A place first: a request the server will refuse costs no reading, parsing or image
-    // decoding, and the memory requests hold is bounded by the places.
-    let place = match app.pool.admit() {
-        Ok(p) => p,
+/// A place for a request, then its body. A place first: a request the server will refuse
+/// costs no reading, parsing or image decoding (its body is drained, so that the client reads
+/// the 503), and the memory requests hold is bounded by the places.
+pub(super) async fn admit_and_read(app: &Shared, body: Body) -> Result<(Place, Bytes), ApiError> {
+    match app.pool.admit() {
+        Ok(place) => Ok((place, read_body(app, body).await?)),
         Err(e) => {
             discard_body(app, body).await;
-            return Err(e);
+            Err(e)
         }
-    };
-    let bytes = read_body(app, body).await?;
+    }
+}
+
+async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
+    let (place, bytes) = admit_and_read(app, body).await?;
     let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
     drop(bytes);
     let has_image = parsed
@@ -401,7 +405,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
     let id = format!("chatcmpl-{}", random_id());
     let calls = prepared
         .tool_format
-        .map(|f| ToolStream::new(f, format!("call_{}", &id[9..33])));
+        .map(|f| ToolStream::new(f, format!("call_{}", random_id())));
     let lease = app.pool.acquire(place, &keys, app.timeout).await?;
     let (tx, mut rx) = mpsc::channel(EVENTS);
     let guard = CancelOnDrop(Some(lease.canceller()));
@@ -463,7 +467,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
             };
             let items: Vec<Sse> = match ev {
                 Some(Event::Piece(p, probs)) => {
-                    let mut deltas = ctx.deltas(&p);
+                    let mut deltas = ctx.deltas(Some(&p));
                     // The log-probabilities go with the piece's first delta, or alone while
                     // a tool call is held.
                     if ctx.logprobs && deltas.is_empty() {
@@ -487,7 +491,7 @@ async fn chat_inner(app: &App, body: Body) -> Result<Response, ApiError> {
                     let mut v = Vec::new();
                     match *out {
                         Ok(o) => {
-                            let rest = ctx.finish();
+                            let rest = ctx.deltas(None);
                             for d in rest {
                                 v.push(Sse::default().data(ctx.chunk(d, None).to_string()));
                             }
@@ -546,28 +550,18 @@ struct ChunkCtx {
 }
 
 impl ChunkCtx {
-    /// The deltas a piece of the answer gives: its text, or the tool calls it completes.
-    fn deltas(&mut self, piece: &str) -> Vec<Value> {
-        match &mut self.calls {
-            None => vec![json!({"content": piece})],
-            Some(s) => {
-                let events = s.push(piece);
-                let before = s.n_calls() - count_calls(&events);
-                tool_deltas(events, before)
-            }
-        }
-    }
-
-    /// The deltas of what the tool-call reader still holds at the end.
-    fn finish(&mut self) -> Vec<Value> {
-        match &mut self.calls {
-            None => Vec::new(),
-            Some(s) => {
-                let events = s.finish();
-                let before = s.n_calls() - count_calls(&events);
-                tool_deltas(events, before)
-            }
-        }
+    /// The deltas a piece of the answer gives (`None`: the end of the answer): its text, or
+    /// the tool calls it completes.
+    fn deltas(&mut self, piece: Option<&str>) -> Vec<Value> {
+        let Some(s) = &mut self.calls else {
+            return piece.map(|p| json!({"content": p})).into_iter().collect();
+        };
+        let first = s.n_calls();
+        let events = match piece {
+            Some(p) => s.push(p),
+            None => s.finish(),
+        };
+        tool_deltas(events, first)
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
@@ -601,13 +595,6 @@ fn timings(o: &Outcome) -> Value {
         "predicted_ms": o.gen_ms,
         "predicted_per_second": if o.gen_ms > 0.0 { n * 1e3 / o.gen_ms } else { 0.0 },
     })
-}
-
-fn count_calls(events: &[ToolEvent]) -> usize {
-    events
-        .iter()
-        .filter(|e| matches!(e, ToolEvent::Call(_)))
-        .count()
 }
 
 /// Streamed deltas of `events`, the first call being the answer's call number `first`.
@@ -653,14 +640,7 @@ impl Answer {
         };
         let mut events = s.push(text);
         events.extend(s.finish());
-        let mut out = String::new();
-        let mut calls = Vec::new();
-        for e in events {
-            match e {
-                ToolEvent::Text(t) => out.push_str(&t),
-                ToolEvent::Call(c) => calls.push(c),
-            }
-        }
+        let (out, calls) = split(events);
         Self {
             // OpenAI's content is null beside tool calls when there is no text.
             text: (calls.is_empty() || !out.is_empty()).then_some(out),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::ApiError;
-use super::http::{discard_body, read_body, App};
+use super::http::{admit_and_read, read_body, App};
 use super::parse::parse;
 use super::request::prepare;
 
@@ -136,14 +136,7 @@ pub(super) async fn apply_template(State(app): State<App>, b: Body) -> Response 
 }
 
 async fn apply_template_inner(app: App, b: Body) -> Result<Value, ApiError> {
-    let place = match app.pool.admit() {
-        Ok(p) => p,
-        Err(e) => {
-            discard_body(&app, b).await;
-            return Err(e);
-        }
-    };
-    let bytes = read_body(&app, b).await?;
+    let (place, bytes) = admit_and_read(&app, b).await?;
     let parsed = parse(&bytes, &app.sampling, &app.steering, &app.limits)?;
     let prompt = blocking(move || {
         let template = app.engine.template();

@@ -72,6 +72,29 @@ impl Server {
         Self { child, base, log }
     }
 
+    /// Runs the Python client `tests/clients/SCRIPT` with this server's base URL and `args`;
+    /// panics with its output and the server's log unless it succeeds; prints what it printed.
+    pub fn run_client(&self, script: &str, args: &[&str]) {
+        let out = Command::new("python3")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients")
+                    .join(script),
+            )
+            .arg(&self.base)
+            .args(args)
+            .output()
+            .expect("run python3 (scripts/setup.sh installs the openai package)");
+        assert!(
+            out.status.success(),
+            "{script}: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log.lock().unwrap()
+        );
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
